@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61lign/v1/align.proto\x12\x08\x61lign.v1\"\x86\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x0e\n\x06images\x18\x03 \x03(\x0c\x12\r\n\x05words\x18\x04 \x03(\t\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12\x14\n\x0cstimulus_ids\x18\x06 \x03(\t\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\"\x97\x01\n\rEmbedResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\r\n\x05layer\x18\x04 \x01(\t\x12\x13\n\x0bspec_digest\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x11\n\tspec_json\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\"$\n\x11ListModelsRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\"\x8a\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x10\n\x08modality\x18\x04 \x01(\t\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\x12\x19\n\x11weights_available\x18\x07 \x01(\x08\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.align.v1.ModelInfo\"\x0f\n\rHealthRequest\"\xc6\x01\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1b\n\x13metric_code_version\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x36\n\x07\x64\x65tails\x18\x05 \x03(\x0b\x32%.align.v1.HealthResponse.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"u\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07metrics\x18\x03 \x03(\t\x12\r\n\x05layer\x18\x04 \x01(\t\x12\x14\n\x0coptions_json\x18\x05 \x01(\t\x12\x0f\n\x07refresh\x18\x06 \x01(\x08\"\xab\x01\n\rScoreProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0equeue_position\x18\x05 \x01(\x05\x12\x15\n\x0breport_json\x18\x06 \x01(\tH\x00\x12\x12\n\nreport_key\x18\x07 \x01(\t\x12\x11\n\tcache_hit\x18\x08 \x01(\x08\x42\x07\n\x05\x66inal\"\x15\n\x13ListDatasetsRequest\"[\n\x0b\x44\x61tasetInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07present\x18\x03 \x01(\x08\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"?\n\x14ListDatasetsResponse\x12\'\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x15.align.v1.DatasetInfo\"\x1f\n\x10GetReportRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"5\n\x11GetReportResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0breport_json\x18\x02 \x01(\t2\xd2\x01\n\x10\x45mbeddingService\x12\x38\n\x05\x45mbed\x12\x16.align.v1.EmbedRequest\x1a\x17.align.v1.EmbedResponse\x12G\n\nListModels\x12\x1b.align.v1.ListModelsRequest\x1a\x1c.align.v1.ListModelsResponse\x12;\n\x06Health\x12\x17.align.v1.HealthRequest\x1a\x18.align.v1.HealthResponse2\xe4\x01\n\x11\x45valuationService\x12:\n\x05Score\x12\x16.align.v1.ScoreRequest\x1a\x17.align.v1.ScoreProgress0\x01\x12M\n\x0cListDatasets\x12\x1d.align.v1.ListDatasetsRequest\x1a\x1e.align.v1.ListDatasetsResponse\x12\x44\n\tGetReport\x12\x1a.align.v1.GetReportRequest\x1a\x1b.align.v1.GetReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61lign/v1/align.proto\x12\x08\x61lign.v1\"\x86\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x0e\n\x06images\x18\x03 \x03(\x0c\x12\r\n\x05words\x18\x04 \x03(\t\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12\x14\n\x0cstimulus_ids\x18\x06 \x03(\t\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\"\x97\x01\n\rEmbedResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\r\n\x05layer\x18\x04 \x01(\t\x12\x13\n\x0bspec_digest\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x11\n\tspec_json\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\"$\n\x11ListModelsRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\"\xa6\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x10\n\x08modality\x18\x04 \x01(\t\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\x12\x19\n\x11weights_available\x18\x07 \x01(\x08\x12\x1a\n\x12preprocessing_json\x18\x08 \x01(\t\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.align.v1.ModelInfo\"\x0f\n\rHealthRequest\"\xc6\x01\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1b\n\x13metric_code_version\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x36\n\x07\x64\x65tails\x18\x05 \x03(\x0b\x32%.align.v1.HealthResponse.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x01\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07metrics\x18\x03 \x03(\t\x12\r\n\x05layer\x18\x04 \x01(\t\x12\x14\n\x0coptions_json\x18\x05 \x01(\t\x12\x0f\n\x07refresh\x18\x06 \x01(\x08\x12\x10\n\x08\x66\x65\x61tures\x18\x07 \x01(\x0c\x12\x16\n\x0e\x66\x65\x61tures_shape\x18\x08 \x03(\x03\x12\x16\n\x0e\x66\x65\x61tures_dtype\x18\t \x01(\t\"\xab\x01\n\rScoreProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0equeue_position\x18\x05 \x01(\x05\x12\x15\n\x0breport_json\x18\x06 \x01(\tH\x00\x12\x12\n\nreport_key\x18\x07 \x01(\t\x12\x11\n\tcache_hit\x18\x08 \x01(\x08\x42\x07\n\x05\x66inal\"\x15\n\x13ListDatasetsRequest\"[\n\x0b\x44\x61tasetInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07present\x18\x03 \x01(\x08\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"?\n\x14ListDatasetsResponse\x12\'\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x15.align.v1.DatasetInfo\"\x1f\n\x10GetReportRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"5\n\x11GetReportResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0breport_json\x18\x02 \x01(\t2\xd2\x01\n\x10\x45mbeddingService\x12\x38\n\x05\x45mbed\x12\x16.align.v1.EmbedRequest\x1a\x17.align.v1.EmbedResponse\x12G\n\nListModels\x12\x1b.align.v1.ListModelsRequest\x1a\x1c.align.v1.ListModelsResponse\x12;\n\x06Health\x12\x17.align.v1.HealthRequest\x1a\x18.align.v1.HealthResponse2\xe4\x01\n\x11\x45valuationService\x12:\n\x05Score\x12\x16.align.v1.ScoreRequest\x1a\x17.align.v1.ScoreProgress0\x01\x12M\n\x0cListDatasets\x12\x1d.align.v1.ListDatasetsRequest\x1a\x1e.align.v1.ListDatasetsResponse\x12\x44\n\tGetReport\x12\x1a.align.v1.GetReportRequest\x1a\x1b.align.v1.GetReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,31 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSREQUEST']._serialized_start=325
   _globals['_LISTMODELSREQUEST']._serialized_end=361
   _globals['_MODELINFO']._serialized_start=364
-  _globals['_MODELINFO']._serialized_end=502
-  _globals['_LISTMODELSRESPONSE']._serialized_start=504
-  _globals['_LISTMODELSRESPONSE']._serialized_end=561
-  _globals['_HEALTHREQUEST']._serialized_start=563
-  _globals['_HEALTHREQUEST']._serialized_end=578
-  _globals['_HEALTHRESPONSE']._serialized_start=581
-  _globals['_HEALTHRESPONSE']._serialized_end=779
-  _globals['_HEALTHRESPONSE_DETAILSENTRY']._serialized_start=733
-  _globals['_HEALTHRESPONSE_DETAILSENTRY']._serialized_end=779
-  _globals['_SCOREREQUEST']._serialized_start=781
-  _globals['_SCOREREQUEST']._serialized_end=898
-  _globals['_SCOREPROGRESS']._serialized_start=901
-  _globals['_SCOREPROGRESS']._serialized_end=1072
-  _globals['_LISTDATASETSREQUEST']._serialized_start=1074
-  _globals['_LISTDATASETSREQUEST']._serialized_end=1095
-  _globals['_DATASETINFO']._serialized_start=1097
-  _globals['_DATASETINFO']._serialized_end=1188
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=1190
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=1253
-  _globals['_GETREPORTREQUEST']._serialized_start=1255
-  _globals['_GETREPORTREQUEST']._serialized_end=1286
-  _globals['_GETREPORTRESPONSE']._serialized_start=1288
-  _globals['_GETREPORTRESPONSE']._serialized_end=1341
-  _globals['_EMBEDDINGSERVICE']._serialized_start=1344
-  _globals['_EMBEDDINGSERVICE']._serialized_end=1554
-  _globals['_EVALUATIONSERVICE']._serialized_start=1557
-  _globals['_EVALUATIONSERVICE']._serialized_end=1785
+  _globals['_MODELINFO']._serialized_end=530
+  _globals['_LISTMODELSRESPONSE']._serialized_start=532
+  _globals['_LISTMODELSRESPONSE']._serialized_end=589
+  _globals['_HEALTHREQUEST']._serialized_start=591
+  _globals['_HEALTHREQUEST']._serialized_end=606
+  _globals['_HEALTHRESPONSE']._serialized_start=609
+  _globals['_HEALTHRESPONSE']._serialized_end=807
+  _globals['_HEALTHRESPONSE_DETAILSENTRY']._serialized_start=761
+  _globals['_HEALTHRESPONSE_DETAILSENTRY']._serialized_end=807
+  _globals['_SCOREREQUEST']._serialized_start=810
+  _globals['_SCOREREQUEST']._serialized_end=993
+  _globals['_SCOREPROGRESS']._serialized_start=996
+  _globals['_SCOREPROGRESS']._serialized_end=1167
+  _globals['_LISTDATASETSREQUEST']._serialized_start=1169
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1190
+  _globals['_DATASETINFO']._serialized_start=1192
+  _globals['_DATASETINFO']._serialized_end=1283
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1285
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1348
+  _globals['_GETREPORTREQUEST']._serialized_start=1350
+  _globals['_GETREPORTREQUEST']._serialized_end=1381
+  _globals['_GETREPORTRESPONSE']._serialized_start=1383
+  _globals['_GETREPORTRESPONSE']._serialized_end=1436
+  _globals['_EMBEDDINGSERVICE']._serialized_start=1439
+  _globals['_EMBEDDINGSERVICE']._serialized_end=1649
+  _globals['_EVALUATIONSERVICE']._serialized_start=1652
+  _globals['_EVALUATIONSERVICE']._serialized_end=1880
 # @@protoc_insertion_point(module_scope)

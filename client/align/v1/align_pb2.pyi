@@ -51,7 +51,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self, pattern: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "family", "architecture", "modality", "layers", "digest", "weights_available")
+    __slots__ = ("id", "family", "architecture", "modality", "layers", "digest", "weights_available", "preprocessing_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class ModelInfo(_message.Message):
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSING_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     family: str
     architecture: str
@@ -66,7 +67,8 @@ class ModelInfo(_message.Message):
     layers: _containers.RepeatedScalarFieldContainer[str]
     digest: str
     weights_available: bool
-    def __init__(self, id: _Optional[str] = ..., family: _Optional[str] = ..., architecture: _Optional[str] = ..., modality: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., weights_available: _Optional[bool] = ...) -> None: ...
+    preprocessing_json: str
+    def __init__(self, id: _Optional[str] = ..., family: _Optional[str] = ..., architecture: _Optional[str] = ..., modality: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., weights_available: _Optional[bool] = ..., preprocessing_json: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -100,20 +102,26 @@ class HealthResponse(_message.Message):
     def __init__(self, status: _Optional[str] = ..., version: _Optional[str] = ..., metric_code_version: _Optional[str] = ..., device: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "dataset", "metrics", "layer", "options_json", "refresh")
+    __slots__ = ("model", "dataset", "metrics", "layer", "options_json", "refresh", "features", "features_shape", "features_dtype")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     REFRESH_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_DTYPE_FIELD_NUMBER: _ClassVar[int]
     model: str
     dataset: str
     metrics: _containers.RepeatedScalarFieldContainer[str]
     layer: str
     options_json: str
     refresh: bool
-    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., layer: _Optional[str] = ..., options_json: _Optional[str] = ..., refresh: _Optional[bool] = ...) -> None: ...
+    features: bytes
+    features_shape: _containers.RepeatedScalarFieldContainer[int]
+    features_dtype: str
+    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., layer: _Optional[str] = ..., options_json: _Optional[str] = ..., refresh: _Optional[bool] = ..., features: _Optional[bytes] = ..., features_shape: _Optional[_Iterable[int]] = ..., features_dtype: _Optional[str] = ...) -> None: ...
 
 class ScoreProgress(_message.Message):
     __slots__ = ("stage", "done", "total", "message", "queue_position", "report_json", "report_key", "cache_hit")
