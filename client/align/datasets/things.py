@@ -2,8 +2,9 @@
 
 Canonical object order
     The 1,854 rows of ``things_concepts.tsv`` ("concept order"). Raw MTurk files
-    (``test_triplets.csv``, the VICE embedding) use the RAW order, which is Python's
-    sorted order of the uniqueIDs and differs for 21 homonyms (camera/chicken/crystal/
+    (``test_triplets.csv``, the VICE embedding) use the RAW order: the sorted image file
+    names ``<uniqueID>_NN.jpg`` (so "ice-cream_cone" comes before "ice", unlike a plain
+    sort of the uniqueIDs). It differs for 21 homonym-block rows (camera/chicken/crystal/
     hot-/ice/pepper). ``sortindex`` says ``concept_row i = raw_row sortindex[i]``, so a raw
     index ``r`` maps to the concept index ``argsort(sortindex)[r]`` and a raw embedding
     maps by ``E_concept = E_raw[sortindex]``.
