@@ -1,0 +1,375 @@
+"""The command line: ``align ...`` or ``python -m align ...``.
+
+    align score MODEL_OR_FEATURES.npy DATASET [--json]   score a model or saved features
+    align datasets                                       which datasets are here
+    align models [PATTERN]                               the registered models
+    align probe MODEL DATASET -o transform.npz           fit and save a linear probe
+    align demo                                           real models on real human data
+
+Tables for people, ``--json`` for programs. Errors print one line to stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._version import METRIC_CODE_VERSION, __version__
+from .errors import AlignError, InvalidInputError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2 (argparse's own code)
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"align: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="align",
+        description="How well do a network's representations agree with human similarity "
+        "judgments? (Muttenthaler et al., ICLR 2023)",
+    )
+    parser.add_argument("--version", action="version", version=f"align {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def data_dir_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--data-dir",
+            default=None,
+            help="folder of the human data (default: $ALIGN_DATA_DIR, else ../shared/data)",
+        )
+
+    p = sub.add_parser("score", help="score a model or a saved features file on a dataset")
+    p.add_argument(
+        "model",
+        metavar="MODEL_OR_FEATURES",
+        help="a model id (see `align models`) or a .npy/.npz file of features, one row per "
+        "stimulus in the dataset's order (all-NaN row = missing stimulus)",
+    )
+    p.add_argument("dataset", metavar="DATASET", help="a dataset id (see `align datasets`)")
+    data_dir_arg(p)
+    p.add_argument("--layer", default="penultimate", help="layer to read out (or npz key)")
+    p.add_argument(
+        "--similarity", choices=("cosine", "dot", "euclidean"), help="similarity (triplets)"
+    )
+    p.add_argument("--probe", action="store_true", help="also fit a cross-validated probe")
+    p.add_argument(
+        "--metrics", nargs="+", default=None, help="metrics to run (default: by dataset kind)"
+    )
+    p.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument(
+        "-O",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any metric option, VALUE as JSON (e.g. -O lambdas=[0.01,0.1] -O variant=majority)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("datasets", help="which datasets are present and where we looked")
+    data_dir_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.add_argument("pattern", nargs="?", default="*", help="glob over model ids")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("probe", help="fit a linear probe on a triplet dataset and save it")
+    p.add_argument("model", metavar="MODEL_OR_FEATURES")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("-o", "--output", required=True, help="where to write transform.npz")
+    data_dir_arg(p)
+    p.add_argument("--layer", default="penultimate")
+    p.add_argument("--lambdas", type=float, nargs="+", default=None, help="λ grid")
+    p.add_argument("--folds", type=int, default=None, help="object folds (k)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("demo", help="score real models on real human data")
+    data_dir_arg(p)
+    p.add_argument("--quick", action="store_true", help="skip the image models (text models only)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        handler = _COMMANDS[args.command]
+        return handler(args)
+    except AlignError as exc:
+        if args.debug:
+            raise
+        print(f"align: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("align: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from .api import EmbeddedBackend, is_features_path, resolve_dataset
+    from .evaluate import default_metrics
+
+    dataset = resolve_dataset(args.dataset, args.data_dir)
+    metrics = list(args.metrics) if args.metrics else None
+    if args.probe:
+        if metrics is None:
+            metrics = default_metrics(dataset)
+        if "probe" not in metrics:
+            metrics.append("probe")
+    options: dict[str, Any] = {
+        "similarity": args.similarity,
+        "n_bootstrap": args.n_bootstrap,
+        "seed": args.seed,
+    }
+    options.update(_parse_options(args.option))
+    model: Any = args.model
+    if is_features_path(model):
+        model = Path(str(model).removeprefix("features:"))
+    backend = EmbeddedBackend(progress=not args.json or sys.stderr.isatty())
+    report = backend.score(
+        model,
+        dataset,
+        metrics=metrics,
+        layer=args.layer,
+        data_dir=args.data_dir,
+        cache=not args.no_cache,
+        options={k: v for k, v in options.items() if v is not None},
+    )
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        _print_report(report)
+    return 0
+
+
+def _parse_options(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError("--option", f"is {item!r}", "KEY=VALUE, VALUE as JSON")
+        try:
+            value: Any = json.loads(text)
+        except json.JSONDecodeError:
+            value = text  # a bare word: a string
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _print_report(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    prov = report.provenance
+    title = f"{report.model} on {report.dataset}"
+    if prov.get("layer"):
+        title += f" (layer {prov['layer']})"
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value")
+    table.add_column("number", justify="right")
+    for row in report.rows():
+        table.add_row(row["metric"], row["value_name"], _fmt(row["value"]))
+    console.print(table)
+    console.print(
+        f"dataset digest {str(prov.get('dataset_digest', ''))[:12]}, weights digest "
+        f"{str(prov.get('weights_digest', ''))[:12]}, align {prov.get('library_version')}, "
+        f"metric code {prov.get('metric_code_version', METRIC_CODE_VERSION)}, "
+        f"{prov.get('wall_time_s', 0):.2f} s, cache {prov.get('cache', '-')}",
+        style="dim",
+    )
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        if value.is_integer() and abs(value) >= 10:
+            return f"{int(value)}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from .datasets import list_datasets
+
+    statuses = list_datasets(data_dir=args.data_dir)
+    rows = [_status_dict(s) for s in statuses]
+    if args.json:
+        _print_json(rows)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="datasets")
+    for col in ("id", "kind", "stimuli", "present", "path / what is missing"):
+        table.add_column(col)
+    for row in rows:
+        present = bool(row.get("present"))
+        where = str(row.get("path") or "-")
+        if not present:
+            missing = ", ".join(_as_list(row.get("missing"))) or "files"
+            where = f"missing {missing}"
+            if row.get("where_to_get"):
+                where += f"; get it from {row['where_to_get']}"
+        table.add_row(
+            str(row.get("id")),
+            str(row.get("kind")),
+            str(row.get("n_stimuli", "")),
+            "yes" if present else "[red]no[/red]",
+            where,
+        )
+    console.print(table)
+    if rows:
+        console.print(
+            f"looked in {rows[0].get('data_dir')} (chosen by: {rows[0].get('searched')}; "
+            "set ALIGN_DATA_DIR or --data-dir)",
+            style="dim",
+        )
+    return 0
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (str, Path)):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
+def _status_dict(status: Any) -> dict[str, Any]:
+    from .results import to_jsonable
+
+    if isinstance(status, dict):
+        return to_jsonable(status)
+    data = to_jsonable(status)
+    if isinstance(data, dict):
+        return data
+    return {k: to_jsonable(getattr(status, k, None)) for k in ("id", "kind", "present", "path")}
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+    from .results import to_jsonable
+
+    specs = list_models(args.pattern)
+    if not specs:
+        from .errors import NotFoundError
+
+        known = [s.id for s in list_models("*")]
+        raise NotFoundError("model pattern", args.pattern, known, hint=f"known: {known}")
+    if args.json:
+        _print_json([{**to_jsonable(s), "digest": s.digest} for s in specs])
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="models")
+    for col in ("id", "family", "modality", "weights", "layers"):
+        table.add_column(col)
+    for s in specs:
+        weights = getattr(s, "weights", None)
+        table.add_row(
+            str(s.id),
+            str(getattr(s, "family", "")),
+            str(getattr(s, "modality", "")),
+            str(getattr(weights, "source", "")),
+            ", ".join(str(x) for x in getattr(s, "layers", ())),
+        )
+    Console().print(table)
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from .api import features, resolve_dataset
+    from .evaluate import evaluate
+
+    out = Path(args.output)
+    if out.suffix != ".npz":
+        raise InvalidInputError("--output", f"is {str(out)!r}", "a path ending in .npz")
+    if not out.parent.exists():
+        raise InvalidInputError("--output", f"folder {str(out.parent)!r} does not exist", None)
+    ds = resolve_dataset(args.dataset, args.data_dir)
+    model: Any = args.model
+    X = features(
+        model,
+        ds,
+        layer=args.layer,
+        data_dir=args.data_dir,
+        cache=not args.no_cache,
+        progress=not args.json,
+    )
+    options: dict[str, Any] = {"lambdas": args.lambdas, "k": args.folds, "seed": args.seed}
+    result = evaluate(X, ds, ["probe"], **{k: v for k, v in options.items() if v is not None})[
+        "probe"
+    ]
+    probe = getattr(result, "probe", None)
+    if probe is None:
+        raise AlignError("the probe result has no refit probe to save")
+    probe.save(out)
+    data = {"model": str(args.model), "dataset": ds.id, "output": str(out), **result.to_dict()}
+    if args.json:
+        _print_json(data)
+    else:
+        from rich.console import Console
+
+        d = result.to_dict()
+        Console().print(
+            f"probe on {ds.id}: held-out accuracy {_fmt(d.get('accuracy'))}, cross-entropy "
+            f"{_fmt(d.get('cross_entropy'))}, λ = {d.get('lambda')}; saved to {out}"
+        )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(data_dir=args.data_dir, quick=args.quick, as_json=args.json)
+
+
+_COMMANDS = {
+    "score": _cmd_score,
+    "datasets": _cmd_datasets,
+    "models": _cmd_models,
+    "probe": _cmd_probe,
+    "demo": _cmd_demo,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
