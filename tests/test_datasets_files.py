@@ -320,3 +320,21 @@ def test_mat_v73_hdf5_is_read_with_h5py(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_mat(path, "RDM"), matrix)
     with pytest.raises(InvalidInputError, match=r"v73\.mat: has no variable 'X'"):
         load_mat(path, "X")
+
+
+def test_options_are_rejected_where_they_do_not_apply(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="triplets: was given for things48"):
+        load_dataset("things48", tmp_path, triplets=tmp_path / "t.npy")
+    with pytest.raises(InvalidInputError, match="images: was given for mur92"):
+        load_dataset("mur92", tmp_path, images=tmp_path)
+    with pytest.raises(InvalidInputError, match="order: is 'sorted'"):
+        load_dataset("things", tmp_path, triplets=SHIPPED, triplet_order="sorted")
+    with pytest.raises(InvalidInputError, match="dataset: is a int"):
+        load_dataset(3)  # type: ignore[arg-type]
+
+
+def test_a_relative_folder_path_loads(tmp_path: Path, monkeypatch) -> None:
+    root = _image_folder(tmp_path / "myset", NAMES)
+    _write(root / "triplets.csv", "# convention: odd-one-out\ncat,dog,bus\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_dataset("myset").triplets is not None

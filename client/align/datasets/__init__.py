@@ -157,19 +157,22 @@ def load_dataset(
     root, _ = resolve_data_dir(data_dir)
     if name.startswith("folder:"):
         return load_folder(Path(name[len("folder:") :]))
-    if name not in _SPECS and (os.sep in name or "/" in name) and Path(name).is_dir():
-        return load_folder(Path(name))
+    if name not in _SPECS and Path(name).expanduser().is_dir():
+        return load_folder(Path(name).expanduser())
     if name not in _SPECS:
         hint = None
         if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
             hint = f"(and {name} is not a dataset folder)"
         raise NotFoundError("dataset", name, _known(), hint=hint)
-    if (triplets is not None or triplet_order is not None) and not name.startswith("things"):
+    is_things = name == "things" or name in _things.THINGS_DATA_FILES
+    if (triplets is not None or triplet_order is not None) and not is_things:
         raise InvalidInputError("triplets", f"was given for {name}", "only for things datasets")
-    if images is not None and not (name.startswith("things") or name.startswith("peterson")):
-        raise InvalidInputError("images", f"was given for {name}", "things* or peterson-animals*")
+    if images is not None and not (is_things or name.startswith("peterson-animals")):
+        raise InvalidInputError(
+            "images", f"was given for {name}", "only for things and peterson-animals datasets"
+        )
     try:
-        if name.startswith("things") and name != "things48":
+        if is_things:
             return _things.load_things(
                 root, name, triplets=triplets, images=images, order=triplet_order
             )
