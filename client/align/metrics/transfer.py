@@ -1,0 +1,213 @@
+"""Transfer of a THINGS-trained linear transform to another dataset (METHODS.md section 4).
+
+``apply_transform`` maps features with the transform's OWN (training-set) mean and std:
+``((X - mean) / std) @ W + b``, rows optionally L2-normalised. ``transfer_rsa`` runs RSA
+(section 5) before and after, side by side. The transform comes from a fitted
+``TripletProbe`` (its ``weights_``, ``bias_``, ``mean_``, ``std_``), a ``transform.npz``
+path (thingsvision format: keys ``weights``, ``mean``, ``std``, optional ``bias``) or a
+dict of those arrays. numpy only: no torch here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..digest import digest_array, digest_json
+from ..errors import DataMissingError, InvalidInputError, NumericalError
+from ..results import Result
+from .rsa import RSAResult, rsa
+
+TRANSFORM_KEYS = ("weights", "mean", "std")
+
+
+@dataclass(frozen=True)
+class LinearTransform:
+    """The arrays of a transform, validated: weights (p, k), bias (k,) or None, and the
+    global scalar mean and std of the training features."""
+
+    weights: np.ndarray
+    bias: np.ndarray | None
+    mean: float
+    std: float
+    source: str = ""
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the arrays (not their origin): equal transforms, equal digests."""
+        return digest_json(
+            {
+                "weights": digest_array(self.weights),
+                "bias": None if self.bias is None else digest_array(self.bias),
+                "mean": self.mean,
+                "std": self.std,
+            }
+        )
+
+
+@dataclass
+class TransferResult(Result):
+    """RSA with the raw features (``before``) and the transformed ones (``after``)."""
+
+    before: RSAResult
+    after: RSAResult
+    delta: float
+    normalize: bool
+    transform_digest: str
+    transform_shape: tuple[int, int]
+    transform_source: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _scalar(value: Any, field_name: str) -> float:
+    arr = np.asarray(value)
+    if arr.size != 1 or not (np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_):
+        raise InvalidInputError(field_name, f"has shape {arr.shape} ({arr.dtype})", "a scalar")
+    out = float(arr.reshape(()))
+    if not math.isfinite(out):
+        raise InvalidInputError(field_name, f"is {out}", "a finite number")
+    return out
+
+
+def _build(data: dict[str, Any], where: str) -> LinearTransform:
+    missing = [k for k in TRANSFORM_KEYS if k not in data or data[k] is None]
+    if missing:
+        raise InvalidInputError(
+            where,
+            f"has no {', '.join(repr(k) for k in missing)} (keys: {sorted(data)})",
+            "keys weights (p, p), mean and std (scalars), optionally bias (p,)",
+        )
+    weights = np.asarray(data["weights"])
+    if weights.ndim != 2 or not np.issubdtype(weights.dtype, np.number):
+        raise InvalidInputError(
+            f"{where}:weights", f"has shape {weights.shape} ({weights.dtype})", "a (p, k) matrix"
+        )
+    weights = weights.astype(np.float64)
+    if not np.isfinite(weights).all():
+        raise NumericalError(f"{where}:weights: holds NaN or infinity")
+    bias = data.get("bias")
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.shape != (weights.shape[1],) or not np.issubdtype(bias.dtype, np.number):
+            raise InvalidInputError(
+                f"{where}:bias", f"has shape {bias.shape}", f"({weights.shape[1]},)"
+            )
+        bias = bias.astype(np.float64)
+        if not np.isfinite(bias).all():
+            raise NumericalError(f"{where}:bias: holds NaN or infinity")
+    mean = _scalar(data["mean"], f"{where}:mean")
+    std = _scalar(data["std"], f"{where}:std")
+    if std <= 0:
+        raise InvalidInputError(f"{where}:std", f"is {std}", "a positive number")
+    return LinearTransform(weights, bias, mean, std, source=where)
+
+
+def load_transform(transform: Any) -> LinearTransform:
+    """A :class:`LinearTransform` from a fitted probe, a ``.npz`` path or a dict."""
+    if isinstance(transform, LinearTransform):
+        return transform
+    if isinstance(transform, (str, os.PathLike)):
+        path = Path(transform)
+        if not path.is_file():
+            raise DataMissingError(
+                f"{path}: no such transform file (expected a transform.npz with keys "
+                "weights, mean, std and optionally bias)"
+            )
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError(
+                str(path), f"is not a readable .npz file ({exc})", "a transform.npz"
+            ) from exc
+        return _build(data, str(path))
+    if isinstance(transform, dict):
+        return _build(dict(transform), "transform")
+    if hasattr(transform, "weights_"):
+        data = {
+            "weights": getattr(transform, "weights_", None),
+            "bias": getattr(transform, "bias_", None),
+            "mean": getattr(transform, "mean_", None),
+            "std": getattr(transform, "std_", None),
+        }
+        return _build(data, type(transform).__name__)
+    raise InvalidInputError(
+        "transform",
+        f"is a {type(transform).__name__}",
+        "a fitted TripletProbe, a transform.npz path, or a dict with weights, mean, std",
+    )
+
+
+def apply_transform(X: Any, transform: Any, normalize: bool = False) -> np.ndarray:
+    """``((X - mean) / std) @ W + b`` with the transform's training mean/std.
+
+    Rows are L2-normalised when ``normalize``. All-NaN rows (missing stimuli) stay
+    all-NaN; any other NaN/inf raises. Returns float64 (n, k).
+    """
+    t = load_transform(transform)
+    arr = np.asarray(X)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+        raise InvalidInputError("features", f"has shape {arr.shape} ({arr.dtype})", "(n, p)")
+    p = t.weights.shape[0]
+    if arr.shape[1] != p:
+        raise InvalidInputError(
+            "features",
+            f"has {arr.shape[1]} columns but the transform's weights are {t.weights.shape}",
+            f"{p} columns, the features the transform was trained on",
+        )
+    Xf = arr.astype(np.float64)
+    missing = np.isnan(Xf).all(axis=1)
+    present = ~missing
+    if not np.isfinite(Xf[present]).all():
+        row = int(np.flatnonzero(present & ~np.isfinite(Xf).all(axis=1))[0])
+        raise NumericalError(
+            f"features: row {row} has NaN or infinite values; only all-NaN rows (missing "
+            "stimuli) are allowed"
+        )
+    E = np.full((Xf.shape[0], t.weights.shape[1]), np.nan)
+    Z = ((Xf[present] - t.mean) / t.std) @ t.weights
+    if t.bias is not None:
+        Z += t.bias
+    if normalize:
+        norms = np.linalg.norm(Z, axis=1)
+        if (norms == 0).any():
+            row = int(np.flatnonzero(present)[np.flatnonzero(norms == 0)[0]])
+            raise NumericalError(
+                f"features: row {row} maps to the zero vector; it cannot be L2-normalised"
+            )
+        Z /= norms[:, None]
+    if not np.isfinite(Z).all():
+        raise NumericalError("transformed features hold NaN or infinity; not scoring them")
+    E[present] = Z
+    return E
+
+
+def transfer_rsa(
+    X: Any,
+    matrices: Any,
+    matrix_kind: str,
+    transform: Any,
+    normalize: bool = False,
+    **rsa_options: Any,
+) -> TransferResult:
+    """RSA of ``X`` and of ``apply_transform(X, transform, normalize)`` against the same
+    human matrices, with the same options (method, rdm_metric, n_bootstrap, seed, ...).
+    ``delta`` = after.score - before.score."""
+    t = load_transform(transform)
+    before = rsa(X, matrices, matrix_kind, **rsa_options)
+    after = rsa(apply_transform(X, t, normalize=normalize), matrices, matrix_kind, **rsa_options)
+    return TransferResult(
+        before=before,
+        after=after,
+        delta=after.score - before.score,
+        normalize=bool(normalize),
+        transform_digest=t.digest,
+        transform_shape=(int(t.weights.shape[0]), int(t.weights.shape[1])),
+        transform_source=t.source,
+        options=dict(rsa_options),
+    )
