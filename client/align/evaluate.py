@@ -333,16 +333,15 @@ def _run_concepts(X: np.ndarray, dataset: Any, opts: dict[str, Any]) -> Result:
     vice = opts.pop("vice", None)
     data_dir = opts.pop("data_dir", None)
     if vice is None:
-        from .datasets import load_vice_embedding
+        from .datasets import load_vice_concept_labels, load_vice_embedding
 
         vice = load_vice_embedding(data_dir)
+        if "labels" not in opts:
+            labels = load_vice_concept_labels(data_dir)
+            if len(labels) == np.shape(vice)[1]:
+                opts["labels"] = list(labels)
     func = METRICS["concepts"].load()
-    params = inspect.signature(func).parameters
-    triplets = _triplets(dataset)
-    vice_name = next((p for p in ("vice", "embedding", "concepts") if p in params), None)
-    if vice_name is None:
-        return func(X, triplets, vice, **opts)
-    return func(X, triplets, **{vice_name: np.asarray(vice)}, **opts)
+    return func(X, _triplets(dataset), vice=np.asarray(vice), **opts)  # type: ignore[no-any-return]
 
 
 def _run_rsa(X: np.ndarray, dataset: Any, opts: dict[str, Any]) -> Result:
