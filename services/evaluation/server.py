@@ -1,0 +1,762 @@
+"""The evaluation service: grpc.aio server over ``align.evaluate`` with a Redis cache.
+
+Score(model, dataset, metrics, layer, options) streams progress and ends with the report
+(``Report.to_dict()`` as JSON: the same fields and numbers as embedded ``align.score``).
+
+Flow of one Score call:
+  authenticate -> validate and apply limits -> resolve model (digests) and dataset
+  -> report cache (memory, then Redis) -> single flight (one computation per key in this
+  process; a Redis lock with TTL across processes) -> a worker slot of the fair scheduler
+  (queue position streamed) -> embedding cache or the embedder -> metrics -> one SET of
+  the report -> final message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from align.cache import embedding_key, report_key
+from align.digest import digest_array
+from align.errors import InvalidInputError, ResourceLimitError
+from align.v1 import align_pb2, align_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from .auth import Authenticator, load_tokens
+from .cache import Cache
+from .embedder import GrpcEmbedder, LocalEmbedder, ModelRef, make_embedder
+from .errors import describe
+from .logs import configure_logging
+from .metrics import ServiceMetrics
+from .pool import FairScheduler
+
+SERVICE_NAME = "align.v1.EvaluationService"
+DEFAULT_LAYER = "penultimate"
+log = logging.getLogger("align_services.evaluation")
+
+
+@dataclass
+class ServerConfig:
+    """Everything the server reads from its command line / environment."""
+
+    host: str = "0.0.0.0"
+    port: int = 50051
+    metrics_port: int | None = 9101  # None: no HTTP endpoint; 0: a free port
+    redis_url: str | None = "redis://127.0.0.1:6379/0"
+    embedder: str = "local"  # "local" | "grpc://host:port"
+    embed_chunk_size: int = 256
+    device: str | None = None
+    tokens: dict[str, str] = field(default_factory=dict)  # {token: name}
+    allow_anonymous: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_workers: int = 2
+    per_token: int = 1
+    max_stimuli: int = 100_000
+    max_request_bytes: int = 1 << 20
+    max_metrics: int = 16
+    lock_ttl_s: float = 900.0
+    grace_s: float = 30.0
+    data_dir: str | None = None
+    report_ttl_s: int | None = None
+    embedding_ttl_s: int | None = None
+
+    @classmethod
+    def with_env_tokens(cls, **kwargs: Any) -> ServerConfig:
+        cfg = cls(**kwargs)
+        if not cfg.tokens:
+            cfg.tokens = load_tokens()
+        return cfg
+
+
+# ----------------------------------------------------------------------------------------
+# single flight
+
+
+class Flight:
+    """One running computation that several identical requests follow."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.last: dict[str, Any] = {"stage": "queued", "message": "starting"}
+        self.cond = asyncio.Condition()
+        self.finished = False
+        self.result: tuple[str, bool] | None = None  # (report_json, cache_hit)
+        self.error: BaseException | None = None
+        self.followers = 0
+
+    async def publish(self, **event: Any) -> None:
+        async with self.cond:
+            self.last = event
+            self.version += 1
+            self.cond.notify_all()
+
+    async def finish(self, result: tuple[str, bool] | None, error: BaseException | None) -> None:
+        async with self.cond:
+            self.result, self.error, self.finished = result, error, True
+            self.version += 1
+            self.cond.notify_all()
+
+    async def follow(self) -> AsyncIterator[dict[str, Any]]:
+        """The latest event, then each new one, until the flight finishes."""
+        seen = -1
+        while True:
+            async with self.cond:
+                last_seen = seen
+
+                def moved(last_seen: int = last_seen) -> bool:
+                    return self.version != last_seen or self.finished
+
+                await self.cond.wait_for(moved)
+                if self.finished:
+                    return
+                seen = self.version
+                event = dict(self.last)
+            yield event
+
+
+# ----------------------------------------------------------------------------------------
+# the servicer
+
+
+def _progress(**kw: Any) -> align_pb2.ScoreProgress:
+    return align_pb2.ScoreProgress(
+        stage=str(kw.get("stage", "")),
+        done=int(kw.get("done", 0)),
+        total=int(kw.get("total", 0)),
+        message=str(kw.get("message", "")),
+        queue_position=int(kw.get("queue_position", 0)),
+    )
+
+
+def _parse_options(text: str) -> dict[str, Any]:
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(
+            "options_json", f"is not JSON ({exc.msg} at column {exc.colno})", "a JSON object"
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidInputError("options_json", f"is a JSON {type(value).__name__}", "an object")
+    return value
+
+
+class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: ServiceMetrics,
+        cache: Cache,
+        embedder: LocalEmbedder | GrpcEmbedder,
+        scheduler: FairScheduler,
+        auth: Authenticator,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.cache = cache
+        self.embedder = embedder
+        self.scheduler = scheduler
+        self.auth = auth
+        self._flights: dict[str, Flight] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._datasets: OrderedDict[str, Any] = OrderedDict()
+        self._datasets_lock = asyncio.Lock()
+
+    # -- plumbing ----------------------------------------------------------------------
+    async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> str:
+        metadata = context.invocation_metadata()
+        who = self.auth.identify(metadata)
+        if who is None:
+            self.metrics.auth_failures.inc()
+            log.warning("refused call", extra={"method": method, "peer": context.peer()})
+            raise _Refused(Authenticator.problem(metadata))
+        return who
+
+    async def _fail(
+        self, context: grpc.aio.ServicerContext, method: str, exc: BaseException
+    ) -> grpc.StatusCode:
+        if isinstance(exc, _Refused):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        code, message, trailing = describe(exc, log, method)
+        if code is not grpc.StatusCode.INTERNAL:
+            log.info(
+                "request failed", extra={"method": method, "code": code.name, "error": message}
+            )
+        context.set_trailing_metadata(trailing)
+        await context.abort(code, message, trailing_metadata=trailing)
+        return code  # pragma: no cover - abort raises
+
+    def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self.metrics.requests.labels(method=method, code=code.name).inc()
+        self.metrics.latency.labels(method=method).observe(time.perf_counter() - started)
+
+    async def _load_dataset(self, name: str) -> Any:
+        async with self._datasets_lock:
+            if name in self._datasets:
+                self._datasets.move_to_end(name)
+                return self._datasets[name]
+        from align.datasets import load_dataset
+
+        ds = await asyncio.to_thread(load_dataset, name, self.config.data_dir)
+        async with self._datasets_lock:
+            self._datasets[name] = ds
+            while len(self._datasets) > 8:
+                self._datasets.popitem(last=False)
+        return ds
+
+    def _validate(self, request: align_pb2.ScoreRequest) -> tuple[list[str], str, dict[str, Any]]:
+        size = request.ByteSize()
+        if size > self.config.max_request_bytes:
+            raise ResourceLimitError(
+                f"request: {size} bytes is over this server's limit of "
+                f"{self.config.max_request_bytes} bytes"
+            )
+        if not request.dataset.strip():
+            raise InvalidInputError("dataset", "is empty", "a dataset id such as 'things'")
+        metrics = [m.strip() for m in request.metrics]
+        if any(not m for m in metrics):
+            raise InvalidInputError("metrics", "contains an empty name", "metric names")
+        if len(metrics) > self.config.max_metrics:
+            raise ResourceLimitError(
+                f"metrics: {len(metrics)} metrics in one request is over this server's "
+                f"limit of {self.config.max_metrics}"
+            )
+        if len(set(metrics)) != len(metrics):
+            raise InvalidInputError("metrics", f"has duplicates: {metrics}", "distinct names")
+        layer = request.layer.strip()
+        options = _parse_options(request.options_json)
+        return metrics, layer, options
+
+    # -- RPCs --------------------------------------------------------------------------
+    async def Score(
+        self, request: align_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[align_pb2.ScoreProgress]:
+        method, started, code = "Score", time.perf_counter(), grpc.StatusCode.OK
+        try:
+            who = await self._authenticate(context, method)
+            yield _progress(stage="dataset", message=f"loading dataset {request.dataset}")
+            plan = await self._plan(request, who)
+            if not request.refresh:
+                text = await self.cache.get_report(plan.key)
+                if text is not None:
+                    log.info("report cache hit", extra={"key": plan.key, "who": who})
+                    yield self._final(text, plan.key, cache_hit=True)
+                    return
+            flight = self._flights.get(plan.key)
+            if flight is None:
+                flight = Flight()
+                self._flights[plan.key] = flight
+                task = asyncio.create_task(self._compute(plan, flight))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                self.metrics.coalesced.inc()
+                log.info("joined identical computation", extra={"key": plan.key, "who": who})
+            async for event in flight.follow():
+                yield _progress(**event)
+            if flight.error is not None:
+                raise flight.error
+            assert flight.result is not None
+            text, hit = flight.result
+            yield self._final(text, plan.key, cache_hit=hit)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code = _status_of(exc)
+            await self._fail(context, method, exc)
+        finally:
+            self._record(method, code, started)
+
+    async def _plan(self, request: align_pb2.ScoreRequest, who: str) -> _Plan:
+        """Validate, resolve model and dataset, and compute the cache keys exactly as
+        embedded ``align.score`` does (same keys, same provenance)."""
+        from align.api import _Source
+        from align.evaluate import check_options, resolve_metrics
+
+        metrics, layer, options = self._validate(request)
+        model = request.model.strip()
+        ref: ModelRef | None = None
+        if request.features:
+            X = _decode_request_features(request)
+            d = digest_array(X)
+            source = _Source(
+                model or f"array:{d[:12]}", "features", d, features=X, layer=layer or None
+            )
+            dataset = await self._load_dataset(request.dataset.strip())
+        else:
+            if not model:
+                raise InvalidInputError(
+                    "model", "is empty", "a model id such as 'timm/tf_efficientnet_lite0'"
+                )
+            layer = layer or DEFAULT_LAYER
+            resolved, dataset = await asyncio.gather(
+                self.embedder.resolve(model), self._load_dataset(request.dataset.strip())
+            )
+            ref = resolved
+            source = _Source(
+                resolved.id,
+                resolved.family,
+                resolved.spec_digest,
+                resolved.preprocessing,
+                layer=layer,
+            )
+        n = len(dataset.stimulus_ids)
+        if n > self.config.max_stimuli:
+            raise ResourceLimitError(
+                f"dataset: {dataset.id} has {n} stimuli, over this server's limit of "
+                f"{self.config.max_stimuli} per request"
+            )
+        if source.features is not None and source.features.shape[0] != n:
+            raise InvalidInputError(
+                "features",
+                f"has {source.features.shape[0]} rows",
+                f"{n} rows, one per stimulus of {dataset.id}",
+            )
+        names = resolve_metrics(dataset, metrics or None)
+        opts = dict(options)
+        if "concepts" in names and self.config.data_dir is not None:
+            opts.setdefault("data_dir", str(self.config.data_dir))
+        check_options(names, opts)
+        key_options = {k: v for k, v in opts.items() if k != "data_dir"}
+        if source.features is not None:
+            fkey = source.weights_digest
+        else:
+            fkey = embedding_key(
+                model_digest=source.weights_digest,
+                preprocessing=source.preprocessing,
+                layer=layer,
+                dataset_digest=str(dataset.digest),
+            )
+        key = report_key(
+            features_key=fkey,
+            dataset_digest=str(dataset.digest),
+            metrics=names,
+            options=key_options,
+        )
+        return _Plan(key, fkey, source, ref, dataset, names, opts, key_options, layer, who)
+
+    def _final(self, text: str, key: str, cache_hit: bool) -> align_pb2.ScoreProgress:
+        return align_pb2.ScoreProgress(
+            stage="done",
+            done=1,
+            total=1,
+            message="served from cache" if cache_hit else "computed",
+            report_json=text,
+            report_key=key,
+            cache_hit=cache_hit,
+        )
+
+    async def _compute(self, plan: _Plan, flight: Flight) -> None:
+        result: tuple[str, bool] | None = None
+        error: BaseException | None = None
+        try:
+            result = await self._compute_once(plan, flight)
+        except BaseException as exc:  # delivered to every follower
+            error = exc
+        finally:
+            self._flights.pop(plan.key, None)
+            await flight.finish(result, error)
+
+    async def _compute_once(self, plan: _Plan, flight: Flight) -> tuple[str, bool]:
+        key = plan.key
+        ttl_ms = int(self.config.lock_ttl_s * 1000)
+        owner, acquired = await self.cache.acquire_lock(key, ttl_ms)
+        deadline = time.monotonic() + self.config.lock_ttl_s
+        while not acquired:
+            await flight.publish(
+                stage="queued", message="an identical request is running on another server"
+            )
+            await asyncio.sleep(0.25)
+            text = await self.cache.get_report(key)
+            if text is not None:
+                return text, True
+            if time.monotonic() > deadline or not await self.cache.lock_exists(key):
+                owner, acquired = await self.cache.acquire_lock(key, ttl_ms)
+        try:
+            # Another process may have finished it between our miss and our lock.
+            text = await self.cache.get_report(key)
+            if text is not None:
+                return text, True
+            ticket = self.scheduler.enqueue(plan.who)
+            self.metrics.queued.inc()
+            try:
+                while not ticket.granted.is_set():
+                    await flight.publish(
+                        stage="queued",
+                        queue_position=ticket.position,
+                        message=f"waiting for a worker (position {ticket.position})",
+                    )
+                    await ticket.wait_change(timeout=1.0)
+            except BaseException:
+                self.metrics.queued.dec()
+                ticket.release()
+                raise
+            self.metrics.queued.dec()
+            self.metrics.inflight.inc()
+            try:
+                stored, text = await self._run(plan, flight)
+                # One SET of the whole JSON, before the lock is released: a report is
+                # either absent or complete, never half-written.
+                await self.cache.put_report(key, stored)
+                return text, False
+            finally:
+                self.metrics.inflight.dec()
+                ticket.release()
+        finally:
+            await self.cache.release_lock(key, owner)
+
+    async def _run(self, plan: _Plan, flight: Flight) -> tuple[str, str]:
+        """(report JSON to store, report JSON to send) for one plan, in the worker pool."""
+        started = time.perf_counter()
+        if plan.source.features is not None:
+            X, from_cache = plan.source.features, False
+        else:
+            X, from_cache = await self._embedding(plan, flight)
+        embed_time = time.perf_counter() - started
+        await flight.publish(
+            stage="metrics", done=0, total=len(plan.names), message="computing metrics"
+        )
+        loop = asyncio.get_running_loop()
+        stored, sent = await loop.run_in_executor(
+            self.scheduler.executor, _score_sync, plan, X, from_cache, embed_time
+        )
+        await flight.publish(
+            stage="metrics", done=len(plan.names), total=len(plan.names), message="done"
+        )
+        self.metrics.computations.inc()
+        log.info(
+            "report computed",
+            extra={
+                "model": plan.source.model_id,
+                "dataset": str(plan.dataset.id),
+                "who": plan.who,
+                "seconds": round(time.perf_counter() - started, 4),
+            },
+        )
+        return stored, sent
+
+    async def _embedding(self, plan: _Plan, flight: Flight) -> tuple[Any, bool]:
+        n = len(plan.dataset.stimulus_ids)
+        cached = await self.cache.get_embedding(plan.fkey)
+        if cached is not None and cached.features.shape[0] == n:
+            await flight.publish(stage="embedding", done=n, total=n, message="embeddings cached")
+            return cached.features, True
+
+        async def progress(done: int, total: int, message: str) -> None:
+            await flight.publish(stage="embedding", done=done, total=total, message=message)
+
+        assert plan.ref is not None and plan.layer is not None
+        emb = await self.embedder.embed_dataset(
+            plan.ref, plan.layer, plan.dataset, progress, self.scheduler.executor
+        )
+        if emb.features.shape[0] != n:
+            raise InvalidInputError(
+                "embedding", f"has {emb.features.shape[0]} rows", f"{n}, one per stimulus"
+            )
+        self.metrics.embeddings_computed.labels(model=plan.ref.id).inc(n)
+        await self.cache.put_embedding(
+            plan.fkey,
+            emb.features,
+            {"model": emb.model, "layer": emb.layer, "model_digest": emb.model_digest},
+        )
+        return emb.features, False
+
+    async def ListDatasets(
+        self, request: align_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext
+    ) -> align_pb2.ListDatasetsResponse:
+        method, started, code = "ListDatasets", time.perf_counter(), grpc.StatusCode.OK
+        try:
+            await self._authenticate(context, method)
+            from align.datasets import list_datasets
+
+            statuses = await asyncio.to_thread(list_datasets, self.config.data_dir)
+            out = align_pb2.ListDatasetsResponse()
+            for s in statuses:
+                out.datasets.add(
+                    id=str(s.id),
+                    kind=str(getattr(s, "kind", "")),
+                    present=bool(getattr(s, "present", False)),
+                    path=str(getattr(s, "path", "") or ""),
+                    description=str(getattr(s, "description", "") or ""),
+                )
+            return out
+        except Exception as exc:
+            code = _status_of(exc)
+            await self._fail(context, method, exc)
+            raise  # pragma: no cover
+        finally:
+            self._record(method, code, started)
+
+    async def GetReport(
+        self, request: align_pb2.GetReportRequest, context: grpc.aio.ServicerContext
+    ) -> align_pb2.GetReportResponse:
+        method, started, code = "GetReport", time.perf_counter(), grpc.StatusCode.OK
+        try:
+            await self._authenticate(context, method)
+            key = request.key.strip()
+            if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+                raise InvalidInputError("key", f"is {key!r}", "a 64-hex report key")
+            text = await self.cache.get_report(key)
+            if text is None:
+                from align.errors import NotFoundError
+
+                raise NotFoundError(
+                    "report", key, hint="(not cached here: it expired, or was never computed)"
+                )
+            return align_pb2.GetReportResponse(key=key, report_json=text)
+        except Exception as exc:
+            code = _status_of(exc)
+            await self._fail(context, method, exc)
+            raise  # pragma: no cover
+        finally:
+            self._record(method, code, started)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for running computations (so their reports get written)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+class _Refused(Exception):
+    pass
+
+
+def _status_of(exc: BaseException) -> grpc.StatusCode:
+    from .errors import status_for
+
+    if isinstance(exc, _Refused):
+        return grpc.StatusCode.UNAUTHENTICATED
+    return status_for(exc)
+
+
+@dataclass
+class _Plan:
+    """One validated Score request, resolved."""
+
+    key: str  # report key (same as the embedded disk cache's)
+    fkey: str  # features key: embedding key, or the digest of given features
+    source: Any  # align.api._Source
+    ref: ModelRef | None  # None for given features
+    dataset: Any
+    names: list[str]  # resolved metric names
+    options: dict[str, Any]  # for evaluate()
+    key_options: dict[str, Any]  # what enters the key and the provenance
+    layer: str | None
+    who: str
+
+
+def _decode_request_features(request: align_pb2.ScoreRequest) -> Any:
+    import numpy as np
+
+    dtype = request.features_dtype or "<f4"
+    if dtype not in ("<f4", "<f8"):
+        raise InvalidInputError("features_dtype", f"is {dtype!r}", "'<f4' or '<f8'")
+    shape = tuple(int(s) for s in request.features_shape)
+    if len(shape) != 2 or min(shape) < 1:
+        raise InvalidInputError("features_shape", f"is {list(shape)}", "[n, p] with n, p >= 1")
+    itemsize = int(dtype[-1])
+    if len(request.features) != itemsize * shape[0] * shape[1]:
+        raise InvalidInputError(
+            "features",
+            f"has {len(request.features)} bytes",
+            f"{itemsize * shape[0] * shape[1]} bytes for {list(shape)} {dtype}",
+        )
+    return np.frombuffer(request.features, dtype=dtype).reshape(shape).copy()
+
+
+def _score_sync(plan: _Plan, X: Any, from_cache: bool, embed_time: float) -> tuple[str, str]:
+    """Metrics and the report, in a worker thread: the same evaluate() and provenance
+    code as embedded ``align.score``. Returns (JSON to store, JSON to send)."""
+    from align.api import _provenance
+    from align.evaluate import evaluate
+    from align.report import Report
+
+    t0 = time.perf_counter()
+    results = evaluate(X, plan.dataset, plan.names, **plan.options)
+    source = plan.source
+    provenance = _provenance(
+        source,
+        layer=source.layer,
+        dataset=plan.dataset,
+        names=plan.names,
+        options=plan.key_options,
+        features=X,
+        wall_time=embed_time + time.perf_counter() - t0,
+        embedding_cache="hit" if from_cache else "miss",
+    )
+    provenance["backend"] = "remote"
+    metric_values: dict[str, Any] = dict(results)
+    report = Report(source.model_id, str(plan.dataset.id), metric_values, provenance)
+    stored = json.dumps(report.to_dict())
+    report.provenance["cache"] = "miss"
+    return stored, json.dumps(report.to_dict())
+
+
+# ----------------------------------------------------------------------------------------
+# the server
+
+
+class EvaluationServer:
+    """One grpc.aio server with its cache, embedder, scheduler and metrics."""
+
+    def __init__(self, config: ServerConfig, metrics: ServiceMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or ServiceMetrics()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._servicer: EvaluationServicer | None = None
+        self._health: Any = None
+
+    async def start(self) -> int:
+        cfg = self.config
+        auth = Authenticator(cfg.tokens, allow_anonymous=cfg.allow_anonymous)
+        cache = Cache(
+            cfg.redis_url,
+            self.metrics,
+            report_ttl_s=cfg.report_ttl_s,
+            embedding_ttl_s=cfg.embedding_ttl_s,
+        )
+        embedder = make_embedder(cfg.embedder, device=cfg.device, chunk_size=cfg.embed_chunk_size)
+        scheduler = FairScheduler(cfg.max_workers, cfg.per_token)
+        self._servicer = EvaluationServicer(cfg, self.metrics, cache, embedder, scheduler, auth)
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_request_bytes),
+                ("grpc.max_send_message_length", 256 << 20),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        align_pb2_grpc.add_EvaluationServiceServicer_to_server(self._servicer, self._server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        address = f"{cfg.host}:{cfg.port}"
+        if cfg.tls_cert or cfg.tls_key:
+            if not (cfg.tls_cert and cfg.tls_key):
+                raise InvalidInputError("tls", "needs both --tls-cert and --tls-key", "both files")
+            creds = grpc.ssl_server_credentials(
+                [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())]
+            )
+            self.port = self._server.add_secure_port(address, creds)
+        else:
+            self.port = self._server.add_insecure_port(address)
+        if not self.port:
+            raise InvalidInputError("port", f"cannot bind {address}", "a free port")
+        await self._server.start()
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(cfg.metrics_port)
+        log.info(
+            "evaluation service started",
+            extra={
+                "port": self.port,
+                "metrics_port": self.metrics_port,
+                "embedder": cfg.embedder,
+                "redis": cfg.redis_url or "off",
+                "tls": bool(cfg.tls_cert),
+                "workers": cfg.max_workers,
+                "per_token": cfg.per_token,
+            },
+        )
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight calls finish (``grace`` seconds), then close."""
+        grace = self.config.grace_s if grace is None else grace
+        if self._server is None:
+            return
+        log.info("evaluation service stopping", extra={"grace_s": grace})
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        assert self._servicer is not None
+        await self._server.stop(grace)
+        await self._servicer.drain(timeout=grace)
+        self._servicer.scheduler.shutdown(wait=False)
+        await self._servicer.cache.close()
+        await self._servicer.embedder.close()
+        self.metrics.stop_http()
+        self._server = None
+        log.info("evaluation service stopped")
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    server = EvaluationServer(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+class ThreadedServer:
+    """An evaluation server on its own event loop in a background thread (tests, bench)."""
+
+    def __init__(self, config: ServerConfig, metrics: ServiceMetrics | None = None) -> None:
+        self.server = EvaluationServer(config, metrics)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop)
+        try:
+            self.port: int = fut.result(timeout=60)
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise
+
+    @property
+    def metrics(self) -> ServiceMetrics:
+        return self.server.metrics
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float = 5.0) -> None:
+        if not self.loop.is_running():
+            return
+        fut = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
+        try:
+            fut.result(timeout=grace + 30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            self.loop.close()
+
+    def __enter__(self) -> ThreadedServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = [
+    "EvaluationServer",
+    "EvaluationServicer",
+    "ServerConfig",
+    "ThreadedServer",
+    "configure_logging",
+    "serve",
+]
