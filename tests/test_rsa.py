@@ -1,0 +1,432 @@
+"""RSA (METHODS.md section 5) on the real human RDMs, checked against rsatoolbox, scipy,
+published numbers and plain loops written here."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io as sio
+import scipy.stats as ss
+from scipy.spatial.distance import pdist, squareform
+
+from align.errors import InvalidInputError, NumericalError
+from align.metrics.rsa import (
+    compare_rdms,
+    compute_rdm,
+    kendall_tau_a,
+    rsa,
+    rsa_noise_ceiling,
+    to_dissimilarity,
+    upper_triangle,
+)
+
+# -- real data ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mur92(data_dir: Path) -> np.ndarray:
+    path = data_dir / "mur92" / "behav_rdms_92_16subjects.npy"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return np.load(path)
+
+
+@pytest.fixture(scope="module")
+def pixels92(data_dir: Path) -> np.ndarray:
+    """A real (if simple) model: 24x24 grey-level pixels of the 92 stimuli (576-d)."""
+    from PIL import Image
+
+    folder = data_dir / "mur92" / "images92"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    rows = []
+    for k in range(1, 93):
+        with Image.open(folder / f"{k:02d}.png") as im:
+            rows.append(np.asarray(im.convert("L").resize((24, 24)), dtype=np.float64).ravel())
+    return np.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def peterson(data_dir: Path) -> dict[str, np.ndarray]:
+    path = data_dir / "peterson_animals" / "turkResults_CogSci2016.mat"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return sio.loadmat(path)
+
+
+def _rsatoolbox():
+    return pytest.importorskip("rsatoolbox", reason="rsatoolbox cross-checks need rsatoolbox")
+
+
+def _tri(M: np.ndarray) -> np.ndarray:
+    return M[np.triu_indices(M.shape[0], 1)]
+
+
+# -- model RDMs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ours", "scipy_name"),
+    [("cosine", "cosine"), ("correlation", "correlation"), ("euclidean", "euclidean")],
+)
+def test_compute_rdm_matches_scipy_pdist(pixels92: np.ndarray, ours: str, scipy_name: str) -> None:
+    expected = squareform(pdist(pixels92, scipy_name))
+    got = compute_rdm(pixels92, ours)
+    assert got.shape == (92, 92)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    assert np.array_equal(got, got.T) and not np.diag(got).any()
+
+
+def test_compute_rdm_float32_in_float32_out(pixels92: np.ndarray) -> None:
+    got = compute_rdm(pixels92.astype(np.float32))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, squareform(pdist(pixels92, "cosine")), atol=1e-5)
+
+
+def test_compute_rdm_zero_row_is_named() -> None:
+    X = np.ones((4, 3))
+    X[2] = 0.0
+    with pytest.raises(InvalidInputError, match="row 2"):
+        compute_rdm(X, "cosine")
+
+
+# -- comparisons -------------------------------------------------------------------------
+
+
+def _tau_a_loop(x: np.ndarray, y: np.ndarray) -> float:
+    n = len(x)
+    s = 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            s += np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
+    return s / (n * (n - 1) / 2)
+
+
+def test_kendall_tau_a_equals_quadratic_loop_with_ties() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        n = int(rng.integers(2, 60))
+        x = rng.integers(0, 4, n).astype(float)  # heavy ties in both
+        y = rng.integers(0, 3, n).astype(float)
+        assert kendall_tau_a(x, y) == pytest.approx(_tau_a_loop(x, y), abs=1e-12)
+
+
+def test_kendall_tau_a_is_not_tau_b() -> None:
+    x = np.array([1.0, 1.0, 2.0, 3.0])
+    y = np.array([1.0, 2.0, 2.0, 3.0])
+    # 6 pairs: 4 concordant, 0 discordant, 2 tied -> tau-a 4/6; tau-b is larger
+    assert kendall_tau_a(x, y) == pytest.approx(4 / 6)
+    assert ss.kendalltau(x, y).statistic > 4 / 6 + 0.1
+
+
+def test_weighted_tau_a_equals_repeated_elements() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(30):
+        n = int(rng.integers(2, 30))
+        x = rng.integers(0, 5, n).astype(float)
+        y = rng.integers(0, 5, n).astype(float)
+        w = rng.integers(0, 4, n)
+        if w.sum() < 2:
+            continue
+        expected = _tau_a_loop(np.repeat(x, w), np.repeat(y, w))
+        assert kendall_tau_a(x, y, weights=w) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [("spearman", "spearman"), ("pearson", "corr"), ("kendall_tau_a", "tau-a")]
+)
+def test_mur92_scores_match_rsatoolbox(
+    pixels92: np.ndarray, mur92: np.ndarray, ours: str, theirs: str
+) -> None:
+    rsatoolbox = _rsatoolbox()
+    from rsatoolbox.rdm import RDMs, compare
+
+    result = rsa(pixels92, mur92, "dissimilarity", method=ours, n_bootstrap=0)
+    model = RDMs(_tri(squareform(pdist(pixels92, "cosine")))[None])
+    human = RDMs(_tri(mur92.mean(axis=0))[None])
+    expected = float(compare(model, human, method=theirs)[0, 0])
+    assert rsatoolbox is not None
+    assert result.score == pytest.approx(expected, abs=1e-6)
+    assert getattr(result, ours) == result.score
+    assert result.n_stimuli == 92 and result.n_pairs == 92 * 91 // 2 and result.n_subjects == 16
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [("spearman", "spearman"), ("pearson", "corr"), ("kendall_tau_a", "tau-a")]
+)
+def test_mur92_normalized_noise_ceiling_matches_rsatoolbox(
+    mur92: np.ndarray, ours: str, theirs: str
+) -> None:
+    # rsatoolbox's boot_noise_ceiling pools subjects as the method sees them (ranks for
+    # spearman / tau-a, z-scores for corr): our pooling="normalized".
+    _rsatoolbox()
+    from rsatoolbox.inference import boot_noise_ceiling
+    from rsatoolbox.rdm import RDMs
+
+    rdms = RDMs(np.stack([_tri(m) for m in mur92]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rsatoolbox warns about averaged ranks for tau
+        lower, upper = boot_noise_ceiling(rdms, method=theirs)
+    nc = rsa_noise_ceiling(mur92, ours, pooling="normalized")
+    assert nc.lower == pytest.approx(lower, abs=1e-6)
+    assert nc.upper == pytest.approx(upper, abs=1e-6)
+
+
+def test_mur92_noise_ceiling_mean_pooling_equals_loop(
+    pixels92: np.ndarray, mur92: np.ndarray
+) -> None:
+    # METHODS.md: lower = mean corr(subject, mean of the OTHER subjects); upper = mean
+    # corr(subject, mean of ALL). Independent loop with scipy.
+    vecs = np.stack([_tri(m) for m in mur92])
+    lower = np.mean(
+        [ss.spearmanr(vecs[k], np.delete(vecs, k, axis=0).mean(0))[0] for k in range(16)]
+    )
+    upper = np.mean([ss.spearmanr(vecs[k], vecs.mean(0))[0] for k in range(16)])
+    result = rsa(pixels92, mur92, "dissimilarity", n_bootstrap=0)
+    assert result.noise_ceiling is not None
+    assert result.noise_ceiling.lower == pytest.approx(lower, abs=1e-10)
+    assert result.noise_ceiling.upper == pytest.approx(upper, abs=1e-10)
+    assert result.noise_ceiling.lower < result.noise_ceiling.upper
+
+
+def test_result_json_shape(pixels92: np.ndarray, mur92: np.ndarray) -> None:
+    d = rsa(pixels92, mur92, "dissimilarity", n_bootstrap=20).to_dict()
+    assert isinstance(d["spearman"], float) and d["score"] == d["spearman"]
+    assert set(d["noise_ceiling"]) >= {"lower", "upper"}
+    assert len(d["ci"]) == 2 and d["human_kind"] == "dissimilarity" and d["converted"] is False
+
+
+def test_single_matrix_has_no_noise_ceiling(mur92: np.ndarray, pixels92: np.ndarray) -> None:
+    result = rsa(pixels92, mur92[0], "dissimilarity", n_bootstrap=0)
+    assert result.noise_ceiling is None and result.n_subjects == 1
+    assert result.spearman == pytest.approx(
+        ss.spearmanr(_tri(squareform(pdist(pixels92, "cosine"))), _tri(mur92[0]))[0], abs=1e-12
+    )
+
+
+# -- things48: the published sanity number ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def things48(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    import pandas as pd
+
+    rdm_path = data_dir / "things48" / "RDM48_triplet.mat"
+    order_path = data_dir / "things48" / "rdm48_order.csv"
+    spose_path = data_dir / "things_spose66d" / "spose_embedding_66d.txt"
+    for p in (rdm_path, order_path, spose_path):
+        if not p.is_file():
+            pytest.skip(f"{p} not found")
+    rdm = sio.loadmat(rdm_path)["RDM48_triplet"]
+    rows = pd.read_csv(order_path)["things_concepts_index0"].to_numpy()
+    spose = np.loadtxt(spose_path)
+    return rdm, spose[rows]
+
+
+def test_things48_dot_similarity_reproduces_published_0_883(
+    things48: tuple[np.ndarray, np.ndarray],
+) -> None:
+    rdm, emb = things48
+    # PROVENANCE: corr(-RDM48, dot-product similarity of SPoSE 66-d) = 0.883 (Pearson).
+    # Compare like with like: the dot-product RSM becomes an RDM by negation.
+    model_rdm, converted = to_dissimilarity(emb @ emb.T, "similarity")
+    assert converted
+    assert round(compare_rdms(model_rdm[0], rdm, "pearson"), 3) == 0.883
+
+
+def test_things48_cosine_rsa_equals_scipy(things48: tuple[np.ndarray, np.ndarray]) -> None:
+    rdm, emb = things48
+    result = rsa(emb, rdm, "dissimilarity", n_bootstrap=0)
+    expected = ss.spearmanr(pdist(emb, "cosine"), squareform(rdm, checks=False))[0]
+    assert result.spearman == pytest.approx(expected, abs=1e-12)
+
+
+# -- similarity matrices (RSM): explicit sign handling ----------------------------------
+
+
+def test_peterson_rsm_is_negated_and_recorded(peterson: dict[str, np.ndarray]) -> None:
+    sim = peterson["simMatrix"].astype(np.float64)
+    # features whose cosine geometry follows the ratings: top eigenvectors of the RSM
+    vals, vecs = np.linalg.eigh(sim)
+    X = vecs[:, -10:] * np.sqrt(vals[-10:])
+    as_rsm = rsa(X, sim, "similarity", n_bootstrap=0)
+    as_rdm = rsa(X, -sim, "dissimilarity", n_bootstrap=0)
+    assert as_rsm.converted and as_rsm.human_kind == "similarity"
+    assert not as_rdm.converted and as_rdm.human_kind == "dissimilarity"
+    assert as_rsm.spearman == as_rdm.spearman > 0.5
+    # the silent mistake (ratings treated as distances) flips the sign
+    wrong = rsa(X, sim, "dissimilarity", n_bootstrap=0)
+    assert wrong.spearman == pytest.approx(-as_rsm.spearman)
+
+
+def test_peterson_split_halves_noise_ceiling_is_published_r(
+    peterson: dict[str, np.ndarray],
+) -> None:
+    halves = np.stack([peterson["simMatrixFirstBatch"], peterson["simMatrixSecondBatch"]])
+    nc = rsa_noise_ceiling(halves, "pearson", matrix_kind="similarity")
+    # two subjects: lower bound = corr(half 1, half 2); PROVENANCE: r = 0.91
+    assert round(nc.lower, 2) == 0.91
+    a, b = (_tri(m) for m in halves)
+    assert nc.upper == pytest.approx(
+        (ss.pearsonr(a, (a + b) / 2)[0] + ss.pearsonr(b, (a + b) / 2)[0]) / 2, abs=1e-12
+    )
+
+
+# -- bootstrap ---------------------------------------------------------------------------
+
+
+def _naive_bootstrap(
+    X: np.ndarray, human: np.ndarray, method: str, n_bootstrap: int, seed: int
+) -> np.ndarray:
+    """Rebuild both RDMs from resampled stimuli, drop duplicate pairs, compare."""
+    rng = np.random.default_rng(seed)
+    n = X.shape[0]
+    out = []
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, n, size=n)
+        i, j = np.triu_indices(n, 1)
+        keep = idx[i] != idx[j]
+        model = squareform(pdist(X[idx], "cosine"))[i, j][keep]
+        hum = human[np.ix_(idx, idx)][i, j][keep]
+        if method == "spearman":
+            out.append(ss.spearmanr(model, hum)[0])
+        elif method == "pearson":
+            out.append(ss.pearsonr(model, hum)[0])
+        else:
+            out.append(_tau_a_fast_reference(model, hum))
+    return np.asarray(out)
+
+
+def _tau_a_fast_reference(x: np.ndarray, y: np.ndarray) -> float:
+    # tau-b from scipy converted to tau-a: (C - D) = tau_b * sqrt((n0 - n1)(n0 - n2))
+    n0 = len(x) * (len(x) - 1) / 2
+
+    def tied(v: np.ndarray) -> float:
+        _, c = np.unique(v, return_counts=True)
+        return float((c * (c - 1) / 2).sum())
+
+    tau_b = ss.kendalltau(x, y).statistic
+    return float(tau_b * math.sqrt((n0 - tied(x)) * (n0 - tied(y))) / n0)
+
+
+@pytest.mark.parametrize("method", ["spearman", "pearson", "kendall_tau_a"])
+def test_bootstrap_equals_naive_rebuild(
+    pixels92: np.ndarray, mur92: np.ndarray, method: str
+) -> None:
+    X, human = pixels92[:40], mur92[:, :40, :40]
+    n_boot = 30
+    naive = _naive_bootstrap(X, human.mean(axis=0), method, n_boot, seed=7)
+    result = rsa(X, human, "dissimilarity", method=method, n_bootstrap=n_boot, seed=7)
+    lo, hi = np.quantile(naive, [0.025, 0.975])
+    assert result.ci is not None
+    assert result.ci[0] == pytest.approx(lo, abs=1e-9)
+    assert result.ci[1] == pytest.approx(hi, abs=1e-9)
+
+
+def test_bootstrap_ci_contains_estimate_and_is_seeded(
+    pixels92: np.ndarray, mur92: np.ndarray
+) -> None:
+    a = rsa(pixels92, mur92, "dissimilarity", n_bootstrap=200, seed=1)
+    b = rsa(pixels92, mur92, "dissimilarity", n_bootstrap=200, seed=1)
+    c = rsa(pixels92, mur92, "dissimilarity", n_bootstrap=200, seed=2)
+    assert a.ci is not None and c.ci is not None
+    assert a.ci[0] < a.score < a.ci[1]
+    assert a.ci == b.ci
+    assert a.ci != c.ci
+
+
+def test_ties_in_human_rdm_bootstrap(peterson: dict[str, np.ndarray]) -> None:
+    # peterson ratings are heavily tied: the weighted tie-aware ranks must still equal
+    # the naive rebuild
+    sim = peterson["simMatrix"].astype(np.float64)[:30, :30]
+    human = np.round(-sim)  # coarse, many ties
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 8))
+    naive = _naive_bootstrap(X, human, "spearman", 25, seed=3)
+    result = rsa(X, human, "dissimilarity", n_bootstrap=25, seed=3)
+    assert result.ci is not None
+    assert result.ci[0] == pytest.approx(np.quantile(naive, 0.025), abs=1e-9)
+    assert result.ci[1] == pytest.approx(np.quantile(naive, 0.975), abs=1e-9)
+
+
+# -- missing stimuli ---------------------------------------------------------------------
+
+
+def test_all_nan_rows_are_dropped_with_warning(pixels92: np.ndarray, mur92: np.ndarray) -> None:
+    X = pixels92.copy()
+    gone = [3, 40, 77]
+    X[gone] = np.nan
+    with pytest.warns(UserWarning, match="dropped 3"):
+        result = rsa(X, mur92, "dissimilarity", n_bootstrap=0)
+    keep = np.setdiff1d(np.arange(92), gone)
+    reference = rsa(pixels92[keep], mur92[:, keep][:, :, keep], "dissimilarity", n_bootstrap=0)
+    assert result.n_dropped == 3 and result.n_stimuli == 89
+    assert result.spearman == reference.spearman
+    assert result.noise_ceiling == reference.noise_ceiling
+
+
+def test_partial_nan_row_raises(pixels92: np.ndarray, mur92: np.ndarray) -> None:
+    X = pixels92.copy()
+    X[5, 2] = np.nan
+    with pytest.raises(NumericalError, match="row 5"):
+        rsa(X, mur92, "dissimilarity", n_bootstrap=0)
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def test_feature_rows_must_match_matrix_size(pixels92: np.ndarray, mur92: np.ndarray) -> None:
+    with pytest.raises(InvalidInputError, match="features.*91 rows.*92x92"):
+        rsa(pixels92[:91], mur92, "dissimilarity")
+
+
+def test_asymmetric_matrix_is_named(pixels92: np.ndarray, mur92: np.ndarray) -> None:
+    bad = mur92.copy()
+    bad[4, 1, 2] += 0.5
+    with pytest.raises(InvalidInputError, match=r"matrices: subject 4 is not symmetric"):
+        rsa(pixels92, bad, "dissimilarity")
+
+
+def test_nan_in_human_matrix_is_named(pixels92: np.ndarray, mur92: np.ndarray) -> None:
+    bad = mur92.copy()
+    bad[2, 7, 9] = bad[2, 9, 7] = np.nan
+    with pytest.raises(InvalidInputError, match=r"matrices: subject 2 .*\(7, 9\)"):
+        rsa(pixels92, bad, "dissimilarity")
+
+
+def test_non_square_matrix_is_rejected(pixels92: np.ndarray) -> None:
+    with pytest.raises(InvalidInputError, match="matrices: has shape"):
+        rsa(pixels92, np.zeros((92, 91)), "dissimilarity")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"method": "kendall"}, "method"),
+        ({"rdm_metric": "dot"}, "rdm_metric"),
+        ({"matrix_kind": "distance"}, "matrix_kind"),
+        ({"n_bootstrap": -1}, "n_bootstrap"),
+        ({"confidence": 1.5}, "confidence"),
+    ],
+)
+def test_bad_options_name_their_field(
+    pixels92: np.ndarray, mur92: np.ndarray, kwargs: dict[str, object], field: str
+) -> None:
+    args = {"matrix_kind": "dissimilarity", **kwargs}
+    with pytest.raises(InvalidInputError) as err:
+        rsa(pixels92, mur92, **args)  # type: ignore[arg-type]
+    assert err.value.field == field
+
+
+def test_compare_rdms_rejects_different_sizes() -> None:
+    with pytest.raises(InvalidInputError, match="b: has 3 pairs"):
+        compare_rdms(np.ones((4, 4)) - np.eye(4), np.ones((3, 3)) - np.eye(3))
+
+
+def test_upper_triangle_excludes_diagonal() -> None:
+    M = np.arange(16.0).reshape(4, 4)
+    assert upper_triangle(M).tolist() == [1.0, 2.0, 3.0, 6.0, 7.0, 11.0]
