@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import scipy.io as sio
 import scipy.stats as ss
-from scipy.spatial.distance import pdist, squareform
-
 from align.errors import InvalidInputError, NumericalError
 from align.metrics.rsa import (
     compare_rdms,
@@ -23,6 +21,7 @@ from align.metrics.rsa import (
     to_dissimilarity,
     upper_triangle,
 )
+from scipy.spatial.distance import pdist, squareform
 
 # -- real data ---------------------------------------------------------------------------
 
@@ -380,7 +379,7 @@ def test_partial_nan_row_raises(pixels92: np.ndarray, mur92: np.ndarray) -> None
 
 
 def test_feature_rows_must_match_matrix_size(pixels92: np.ndarray, mur92: np.ndarray) -> None:
-    with pytest.raises(InvalidInputError, match="features.*91 rows.*92x92"):
+    with pytest.raises(InvalidInputError, match=r"features.*91 rows.*92x92"):
         rsa(pixels92[:91], mur92, "dissimilarity")
 
 
