@@ -1,0 +1,142 @@
+"""Transfer (METHODS.md section 4): a linear transform applied with its training mean/std,
+RSA before and after. Real features: grey-level pixels of the 92 Mur et al. stimuli,
+against the 16 subjects' behavioural RDMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats as ss
+from align.errors import DataMissingError, InvalidInputError
+from align.metrics.transfer import apply_transform, load_transform, transfer_rsa
+from scipy.spatial.distance import pdist
+
+
+@pytest.fixture(scope="module")
+def mur92(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    rdms = data_dir / "mur92" / "behav_rdms_92_16subjects.npy"
+    folder = data_dir / "mur92" / "images92"
+    if not rdms.is_file() or not folder.is_dir():
+        pytest.skip(f"{rdms} or {folder} not found")
+    rows = []
+    for k in range(1, 93):
+        with Image.open(folder / f"{k:02d}.png") as im:
+            rows.append(np.asarray(im.convert("L").resize((8, 8)), dtype=np.float64).ravel())
+    return np.stack(rows), np.load(rdms)
+
+
+def _human_vector(rdms: np.ndarray) -> np.ndarray:
+    return rdms.mean(axis=0)[np.triu_indices(rdms.shape[1], 1)]
+
+
+def test_identity_transform_changes_nothing(mur92: tuple[np.ndarray, np.ndarray]) -> None:
+    X, rdms = mur92
+    identity = {"weights": np.eye(64), "mean": 0.0, "std": 1.0}
+    result = transfer_rsa(X, rdms, "dissimilarity", identity, n_bootstrap=20, seed=3)
+    assert result.after.spearman == pytest.approx(result.before.spearman, abs=1e-12)
+    assert result.after.pearson == pytest.approx(result.before.pearson, abs=1e-12)
+    assert result.after.ci == pytest.approx(result.before.ci, abs=1e-12)
+    assert result.delta == pytest.approx(0.0, abs=1e-12)
+
+
+def test_known_transform_score_computed_independently(
+    mur92: tuple[np.ndarray, np.ndarray],
+) -> None:
+    X, rdms = mur92
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(64, 64))
+    b = rng.normal(size=64)
+    mean, std = 120.0, 55.0
+    result = transfer_rsa(
+        X,
+        rdms,
+        "dissimilarity",
+        {"weights": W, "bias": b, "mean": mean, "std": std},
+        n_bootstrap=0,
+    )
+    E = ((X - mean) / std) @ W + b
+    expected_after = ss.spearmanr(pdist(E, "cosine"), _human_vector(rdms))[0]
+    expected_before = ss.spearmanr(pdist(X, "cosine"), _human_vector(rdms))[0]
+    assert result.after.spearman == pytest.approx(expected_after, abs=1e-12)
+    assert result.before.spearman == pytest.approx(expected_before, abs=1e-12)
+    assert abs(result.after.spearman - result.before.spearman) > 1e-3  # it did change
+    assert result.delta == pytest.approx(expected_after - expected_before, abs=1e-12)
+
+
+def test_normalize_l2_normalises_rows(mur92: tuple[np.ndarray, np.ndarray]) -> None:
+    # cosine distances ignore row norms, so check normalisation with euclidean RDMs
+    X, rdms = mur92
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(64, 16))
+    t = {"weights": W, "mean": 100.0, "std": 60.0}
+    result = transfer_rsa(
+        X, rdms, "dissimilarity", t, normalize=True, rdm_metric="euclidean", n_bootstrap=0
+    )
+    E = ((X - 100.0) / 60.0) @ W
+    E /= np.linalg.norm(E, axis=1, keepdims=True)
+    expected = ss.spearmanr(pdist(E, "euclidean"), _human_vector(rdms))[0]
+    assert result.normalize
+    assert result.after.spearman == pytest.approx(expected, abs=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(apply_transform(X, t, normalize=True), axis=1), 1.0)
+
+
+def test_npz_dict_and_probe_give_the_same_transform(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    arrays = {
+        "weights": rng.normal(size=(6, 6)).astype(np.float32),
+        "bias": rng.normal(size=6).astype(np.float32),
+        "mean": np.float64(0.5),
+        "std": np.float64(2.0),
+    }
+    path = tmp_path / "transform.npz"
+    np.savez(path, **arrays)
+    X = rng.normal(size=(10, 6))
+    from_file = apply_transform(X, path)
+    from_dict = apply_transform(X, arrays)
+    expected = ((X - 0.5) / 2.0) @ arrays["weights"].astype(np.float64) + arrays["bias"]
+    np.testing.assert_allclose(from_file, expected, rtol=1e-12)
+    np.testing.assert_array_equal(from_file, from_dict)
+    assert load_transform(path).digest == load_transform(arrays).digest
+    probe_mod = pytest.importorskip("align.metrics.probe", reason="TripletProbe needs torch")
+    probe = probe_mod.TripletProbe.load(path)
+    np.testing.assert_allclose(apply_transform(X, probe), expected, rtol=1e-12)
+    np.testing.assert_allclose(probe.transform(X), expected, rtol=1e-6)
+
+
+def test_missing_rows_stay_missing() -> None:
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(12, 4))
+    X[3] = np.nan
+    E = apply_transform(X, {"weights": rng.normal(size=(4, 4)), "mean": 0.0, "std": 1.0})
+    assert np.isnan(E[3]).all() and np.isfinite(np.delete(E, 3, axis=0)).all()
+
+
+def test_missing_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "t.npz"
+    np.savez(path, weights=np.eye(3), mean=0.0)
+    with pytest.raises(InvalidInputError, match="'std'") as err:
+        load_transform(path)
+    assert str(path) in err.value.field
+
+
+def test_bias_shape_is_checked() -> None:
+    with pytest.raises(InvalidInputError, match=r"transform:bias: has shape \(2,\)"):
+        load_transform({"weights": np.eye(3), "bias": np.zeros(2), "mean": 0, "std": 1})
+
+
+def test_feature_width_must_match_weights() -> None:
+    with pytest.raises(InvalidInputError, match="features: has 5 columns"):
+        apply_transform(np.ones((4, 5)), {"weights": np.eye(3), "mean": 0, "std": 1})
+
+
+def test_nonpositive_std_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="std"):
+        load_transform({"weights": np.eye(3), "mean": 0, "std": 0})
+    with pytest.raises(DataMissingError, match="no such transform file"):
+        load_transform(tmp_path / "absent.npz")
+    with pytest.raises(InvalidInputError, match="transform: is a int"):
+        load_transform(3)
