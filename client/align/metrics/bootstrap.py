@@ -1,0 +1,218 @@
+"""Percentile bootstrap confidence intervals, shared by every metric.
+
+Two entry points:
+
+- :func:`bootstrap_ci` - any statistic: it is called with the indices of one resample
+  (drawn with replacement). With ``groups`` whole groups are resampled (a cluster
+  bootstrap: e.g. every response to one distinct triplet travels together), and the
+  statistic receives the indices of all members of the drawn groups.
+- :func:`bootstrap_mean_ci` - the common case of a mean (or, with groups, a ratio of
+  sums: correct answers over responses). It is exact and fast on millions of values:
+  resampling ``G`` units with replacement gives each unit a multinomial count, and the
+  statistic depends only on how many times each DISTINCT unit value was drawn, so we
+  draw multinomial counts over the distinct values (usually a handful: 0/1, or
+  (correct, size) pairs) instead of materialising ``n_bootstrap x G`` indices.
+
+Intervals are percentile intervals: the ``(1 - confidence) / 2`` and
+``(1 + confidence) / 2`` quantiles of the resampled statistics. Everything is seeded
+(``np.random.default_rng(seed)``): equal inputs give equal intervals.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import InvalidInputError, NumericalError
+
+__all__ = [
+    "bootstrap_ci",
+    "bootstrap_mean_ci",
+    "check_bootstrap_options",
+    "percentile_interval",
+    "resample_indices",
+]
+
+# Above this many distinct unit values the multinomial shortcut stops paying off.
+_MAX_DISTINCT_VALUES = 4096
+
+
+def check_bootstrap_options(n_bootstrap: object, confidence: object, seed: object) -> None:
+    """Raise InvalidInputError unless the three bootstrap options are usable."""
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, numbers.Integral):
+        raise InvalidInputError("n_bootstrap", f"is {n_bootstrap!r}", "an integer >= 0")
+    if n_bootstrap < 0:
+        raise InvalidInputError("n_bootstrap", f"is {n_bootstrap}", "an integer >= 0")
+    if (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, numbers.Real)
+        or not 0.0 < float(confidence) < 1.0
+    ):
+        raise InvalidInputError("confidence", f"is {confidence!r}", "a number in (0, 1)")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise InvalidInputError("seed", f"is {seed!r}", "an integer >= 0")
+
+
+def percentile_interval(stats: np.ndarray, confidence: float) -> tuple[float, float] | None:
+    """The percentile interval of bootstrap statistics; NaN resamples are ignored.
+
+    Returns None when no resample gave a finite statistic.
+    """
+    stats = np.asarray(stats, dtype=np.float64)
+    stats = stats[np.isfinite(stats)]
+    if stats.size == 0:
+        return None
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _group_members(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, starts, sizes): members of group g are order[starts[g]:starts[g] + sizes[g]]."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    sizes = np.bincount(inverse)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    return order, starts, sizes
+
+
+def _check_groups(groups: object, n: int) -> np.ndarray:
+    arr = np.asarray(groups)
+    if arr.shape != (n,):
+        raise InvalidInputError("groups", f"has shape {arr.shape}", f"({n},): one label per value")
+    return arr
+
+
+def resample_indices(
+    rng: np.random.Generator, n: int, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """Indices of one bootstrap resample of ``n`` items (whole groups when given)."""
+    if groups is None:
+        return rng.integers(0, n, size=n)
+    order, starts, sizes = _group_members(_check_groups(groups, n))
+    return _resample_groups(rng, order, starts, sizes)
+
+
+def _resample_groups(
+    rng: np.random.Generator, order: np.ndarray, starts: np.ndarray, sizes: np.ndarray
+) -> np.ndarray:
+    drawn = rng.integers(0, sizes.size, size=sizes.size)
+    # Vectorised concatenation of the drawn groups' member ranges.
+    lengths = sizes[drawn]
+    offsets = np.repeat(starts[drawn] - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    return order[np.arange(int(lengths.sum())) + offsets]
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    groups: np.ndarray | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of ``statistic(indices)`` over ``n`` items.
+
+    ``statistic`` gets an int array of indices (with repeats) into the ``n`` items and
+    returns a float; NaN results are ignored when forming the interval. With ``groups``
+    (``(n,)`` labels) whole groups are drawn with replacement, as many as there are
+    groups. Returns None when ``n_bootstrap`` is 0 or no resample gave a finite value.
+    """
+    check_bootstrap_options(n_bootstrap, confidence, seed)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise InvalidInputError("n", f"is {n!r}", "an integer >= 1 (number of items)")
+    if n_bootstrap == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_bootstrap, dtype=np.float64)
+    if groups is None:
+        for b in range(n_bootstrap):
+            stats[b] = statistic(rng.integers(0, n, size=n))
+    else:
+        order, starts, sizes = _group_members(_check_groups(groups, n))
+        for b in range(n_bootstrap):
+            stats[b] = statistic(_resample_groups(rng, order, starts, sizes))
+    return percentile_interval(stats, confidence)
+
+
+def _distinct_units(sums: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (sum, size) unit values, as a (k, 2) array, and how often each occurs."""
+    max_size = int(sizes.max())
+    if (sums == np.round(sums)).all() and sums.min() >= 0:
+        # Integer sums (counts of correct answers): encode each pair as one integer.
+        code = sums.astype(np.int64) * (max_size + 1) + sizes.astype(np.int64)
+        if int(code.max()) < 10_000_000:
+            tally = np.bincount(code)
+            present = np.flatnonzero(tally)
+            counts = tally[present]
+        else:
+            present, counts = np.unique(code, return_counts=True)
+        pairs = np.stack([present // (max_size + 1), present % (max_size + 1)], axis=1)
+        return pairs.astype(np.float64), counts
+    if max_size == 1 and (sizes == 1).all():
+        values, counts = np.unique(sums, return_counts=True)
+        return np.stack([values, np.ones_like(values)], axis=1), counts
+    distinct, counts = np.unique(np.stack([sums, sizes], axis=1), axis=0, return_counts=True)
+    return distinct, counts
+
+
+def bootstrap_mean_ci(
+    values: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of ``mean(values)``.
+
+    Without ``groups`` each value is a unit. With ``groups`` (``(n,)`` labels) the units
+    are the groups and the statistic of a resample is ``sum of drawn groups' values /
+    number of their members`` (a ratio estimator; for the full sample it is the plain
+    mean). Exact in distribution (multinomial counts over distinct unit values), so it
+    costs O(n + n_bootstrap x distinct values) rather than O(n_bootstrap x n).
+    Returns None when ``n_bootstrap`` is 0.
+    """
+    check_bootstrap_options(n_bootstrap, confidence, seed)
+    vals = np.asarray(values, dtype=np.float64).reshape(-1)
+    if vals.size == 0:
+        raise InvalidInputError("values", "is empty", "at least one value")
+    if not np.isfinite(vals).all():
+        raise NumericalError("bootstrap_mean_ci: values contain NaN or infinity")
+    if n_bootstrap == 0:
+        return None
+    sums: np.ndarray
+    sizes: np.ndarray
+    if groups is None:
+        sums, sizes = vals, np.ones_like(vals)
+    else:
+        labels = _check_groups(groups, vals.size)
+        if np.issubdtype(labels.dtype, np.integer) and labels.min() >= 0:
+            sizes = np.bincount(labels).astype(np.float64)
+            sums = np.bincount(labels, weights=vals, minlength=sizes.size)
+            used = sizes > 0
+            sums, sizes = sums[used], sizes[used]
+        else:
+            _, inverse = np.unique(labels, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            sums = np.bincount(inverse, weights=vals)
+            sizes = np.bincount(inverse).astype(np.float64)
+    n_units = sums.size
+    rng = np.random.default_rng(seed)
+    distinct, counts = _distinct_units(sums, sizes)
+    if distinct.shape[0] <= _MAX_DISTINCT_VALUES:
+        draws = rng.multinomial(n_units, counts / n_units, size=n_bootstrap).astype(np.float64)
+        stats = (draws @ distinct[:, 0]) / (draws @ distinct[:, 1])
+    else:
+        stats = np.empty(n_bootstrap, dtype=np.float64)
+        for b in range(n_bootstrap):
+            idx = rng.integers(0, n_units, size=n_units)
+            stats[b] = sums[idx].sum() / sizes[idx].sum()
+    interval = percentile_interval(stats, float(confidence))
+    if interval is None:  # pragma: no cover - finite inputs give finite ratios
+        raise NumericalError("bootstrap_mean_ci: no finite resample")
+    return interval

@@ -1,0 +1,645 @@
+"""Zero-shot odd-one-out accuracy, anchor accuracy and the human noise ceiling.
+
+METHODS.md section 2. Triplets use the stored convention: ``(a, b, c)`` means the person
+chose ``c`` as the odd one out, so ``(a, b)`` is the pair judged most similar. For each
+triplet we compute ``s_ab, s_ac, s_bc`` and predict the stimulus outside the most
+similar pair.
+
+Similarities (``similarity=``):
+  ``cosine`` (default) ``u.v / (|u| |v|)``; a zero-norm row has cosine 0 with anything.
+  ``dot``              ``u.v``
+  ``euclidean``        ``-|u - v|``
+
+Tie rule (paper code): all three similarities exactly equal -> prediction -1, counted
+wrong; a partial tie takes the first maximal pair in the order ``(ab, ac, bc)``.
+
+How it stays fast and exact. Nothing loops over triplets in Python. Features are cast
+to float64 once and identical rows are merged (so two stimuli with the same features
+share one row and their similarities are the same float, bit for bit). When the
+triplets outnumber the distinct pairs, the ``u x u`` similarity matrix of the distinct
+rows is built once (BLAS ``syrk``, mirrored so that ``S[i, j]`` and ``S[j, i]`` are the
+same float) and indexed; otherwise (few triplets or very many stimuli) the rows are
+gathered in chunks and multiplied row-wise, each pair in canonical order
+``(min, max)``, and pairs that are the same pair of distinct rows are forced equal.
+Cosine is ``dot / (|u| |v|)`` from float64 dot products, so integer-valued features give
+exact dot products and exact ties whatever the summation order.
+
+Missing stimuli: an all-NaN feature row marks a stimulus the model could not embed.
+Triplets touching one are dropped (``n_dropped``, and a :class:`MissingStimuliWarning`
+with the count); any other NaN or infinity raises :class:`~align.errors.NumericalError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Literal
+
+import numpy as np
+
+from ..errors import InvalidInputError, NumericalError
+from ..results import Result
+from .bootstrap import bootstrap_mean_ci, check_bootstrap_options
+
+__all__ = [
+    "CHANCE",
+    "SIMILARITIES",
+    "VARIANTS",
+    "MissingStimuliWarning",
+    "OddOneOutResult",
+    "anchor_accuracy",
+    "check_features",
+    "check_triplets",
+    "noise_ceiling",
+    "odd_one_out",
+    "pairwise_triplet_similarities",
+    "predict_odd_one_out",
+]
+
+Similarity = Literal["cosine", "dot", "euclidean"]
+Variant = Literal["responses", "majority"]
+Convention = Literal["odd-one-out", "anchor"]
+
+SIMILARITIES: tuple[str, ...] = ("cosine", "dot", "euclidean")
+VARIANTS: tuple[str, ...] = ("responses", "majority")
+CONVENTIONS: tuple[str, ...] = ("odd-one-out", "anchor")
+CHANCE = 1.0 / 3.0
+ANCHOR_CHANCE = 0.5
+
+# Build the similarity matrix of the distinct rows only up to this many entries (float64).
+_MAX_MATRIX_ENTRIES = 25_000_000
+# Gathered rows per chunk in the row-wise path (elements of one gathered block).
+_GATHER_BLOCK = 4_000_000
+
+
+class MissingStimuliWarning(UserWarning):
+    """Some triplets touch a stimulus whose feature row is all NaN; they were dropped."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_choice(value: object, field: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidInputError(field, f"is {value!r}", "one of " + ", ".join(allowed))
+    return value
+
+
+def check_features(features: object, field: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """Validate a feature matrix; return ``(X as float64, missing row mask)``.
+
+    A row that is entirely NaN is a missing stimulus. Any other NaN or infinity raises
+    NumericalError naming the first bad row and column.
+    """
+    arr = np.asarray(features)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InvalidInputError(
+            field, f"has shape {arr.shape}", "a 2-D (n_stimuli, n_features) array"
+        )
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InvalidInputError(field, f"has dtype {arr.dtype}", "a real float or integer array")
+    X = np.ascontiguousarray(arr, dtype=np.float64)
+    finite = np.isfinite(X)
+    if finite.all():
+        return X, np.zeros(X.shape[0], dtype=bool)
+    missing: np.ndarray = np.asarray(np.isnan(X).all(axis=1))
+    bad = ~finite & ~missing[:, None]
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise NumericalError(
+            f"{field}: row {row} column {col} is {X[row, col]} (only a whole row of NaN may "
+            f"mark a missing stimulus; {int(bad.sum())} non-finite values in partly-finite rows)"
+        )
+    return X, missing
+
+
+def check_triplets(triplets: object, n_objects: int, field: str = "triplets") -> np.ndarray:
+    """Validate an ``(m, 3)`` array of distinct indices in ``[0, n_objects)``; int64 copy.
+
+    Floats that are whole numbers are accepted. Raises InvalidInputError naming the first
+    offending row.
+    """
+    arr = np.asarray(triplets)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise InvalidInputError(field, f"has shape {arr.shape}", "an (m, 3) integer array")
+    if arr.shape[0] == 0:
+        raise InvalidInputError(field, "is empty", "at least one triplet")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise InvalidInputError(field, "has non-integer values", "integer indices")
+    elif not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidInputError(field, f"has dtype {arr.dtype}", "an integer array")
+    T = np.ascontiguousarray(arr, dtype=np.int64)
+    lo, hi = int(T.min()), int(T.max())
+    if lo < 0 or hi >= n_objects:
+        bad = np.flatnonzero(((T < 0) | (T >= n_objects)).any(axis=1))[0]
+        raise InvalidInputError(
+            f"{field}[{bad}]",
+            f"has index {T[bad].tolist()} out of range",
+            f"0-based indices in [0, {n_objects}) (one per stimulus row)",
+        )
+    a, b, c = T[:, 0], T[:, 1], T[:, 2]
+    same = (a == b) | (a == c) | (b == c)
+    if same.any():
+        bad = int(np.flatnonzero(same)[0])
+        raise InvalidInputError(
+            f"{field}[{bad}]", f"repeats a stimulus: {T[bad].tolist()}", "three distinct stimuli"
+        )
+    return T
+
+
+# --------------------------------------------------------------------------- similarities
+
+
+def _distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of X without duplicates, index of each original row into them)."""
+    X = X + 0.0  # -0.0 -> +0.0 so equal values have equal bytes
+    view = np.ascontiguousarray(X).view(np.dtype((np.void, X.dtype.itemsize * X.shape[1])))
+    _, first, inverse = np.unique(view.reshape(-1), return_index=True, return_inverse=True)
+    return X[first], inverse.reshape(-1).astype(np.int64)
+
+
+def _finish(dot: np.ndarray, sq_i: np.ndarray, sq_j: np.ndarray, similarity: str) -> np.ndarray:
+    """Turn dot products (and squared norms of both sides) into the similarity."""
+    if similarity == "dot":
+        return dot
+    if similarity == "cosine":
+        denom = np.sqrt(sq_i) * np.sqrt(sq_j)
+        out = np.zeros_like(dot)
+        np.divide(dot, denom, out=out, where=denom > 0)
+        return out
+    d2 = sq_i + sq_j - 2.0 * dot
+    np.maximum(d2, 0.0, out=d2)
+    return -np.sqrt(d2)
+
+
+def _similarity_matrix(Xu: np.ndarray, similarity: str) -> np.ndarray:
+    """Exactly symmetric ``u x u`` similarity matrix of the distinct rows."""
+    G = Xu @ Xu.T
+    G = np.minimum(G, G.T)  # S[i, j] and S[j, i] become the same float
+    sq = np.diag(G).copy()
+    S = _finish(G, sq[:, None], sq[None, :], similarity)
+    if similarity == "euclidean":
+        np.fill_diagonal(S, 0.0)
+    return np.ascontiguousarray(S)
+
+
+def _pair_similarities(
+    Xu: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]], similarity: str
+) -> list[np.ndarray]:
+    """Similarities of index pairs into the distinct rows Xu (vectorised)."""
+    u = Xu.shape[0]
+    m = pairs[0][0].size
+    n_pairs = len(pairs)
+    if u * u <= _MAX_MATRIX_ENTRIES and u * u <= 8 * n_pairs * m:
+        flat = _similarity_matrix(Xu, similarity).reshape(-1)
+        out = []
+        for i, j in pairs:
+            key = i * u
+            key += j
+            out.append(np.take(flat, key))
+        return out
+    sq = np.einsum("ij,ij->i", Xu, Xu)
+    res = [np.empty(m, dtype=np.float64) for _ in pairs]
+    step = max(1, _GATHER_BLOCK // max(1, Xu.shape[1]))
+    for start in range(0, m, step):
+        stop = min(m, start + step)
+        for (i, j), r in zip(pairs, res, strict=True):
+            lo = np.minimum(i[start:stop], j[start:stop])
+            hi = np.maximum(i[start:stop], j[start:stop])
+            dot = np.einsum("ij,ij->i", Xu[lo], Xu[hi])
+            r[start:stop] = _finish(dot, sq[lo], sq[hi], similarity)
+            if similarity == "euclidean":
+                r[start:stop][lo == hi] = 0.0
+    # The same pair of distinct rows must give the same float, whatever the alignment.
+    keys = [np.minimum(i, j) * u + np.maximum(i, j) for i, j in pairs]
+    for q in range(1, n_pairs):
+        for p in range(q):
+            same = keys[q] == keys[p]
+            if same.any():
+                res[q][same] = res[p][same]
+    return res
+
+
+def _triplet_similarities(
+    X: np.ndarray, T: np.ndarray, similarity: str, pairs: str = "ab,ac,bc"
+) -> list[np.ndarray]:
+    """Similarities (one (m,) array per named pair) of triplets without missing rows."""
+    Xu, uid = _distinct_rows(X)
+    if Xu.shape[0] == X.shape[0]:  # no duplicate rows: index X directly
+        Xu, cols = X, (T[:, 0], T[:, 1], T[:, 2])
+    else:
+        cols = (uid[T[:, 0]], uid[T[:, 1]], uid[T[:, 2]])
+    where = {"ab": (0, 1), "ac": (0, 2), "bc": (1, 2)}
+    chosen = [(cols[where[p][0]], cols[where[p][1]]) for p in pairs.split(",")]
+    sims = _pair_similarities(Xu, chosen, similarity)
+    for s in sims:
+        if not np.isfinite(s).all():
+            raise NumericalError(
+                f"{similarity} similarities overflowed (features too large for float64); "
+                "rescale the features"
+            )
+    return sims
+
+
+def _predict_from_similarities(s_ab: np.ndarray, s_ac: np.ndarray, s_bc: np.ndarray) -> np.ndarray:
+    """Position of the odd one out: first maximal pair in the order (ab, ac, bc); -1 on a
+    full tie."""
+    ab_best = (s_ab >= s_ac) & (s_ab >= s_bc)
+    ac_best = s_ac >= s_bc
+    pred = np.where(ab_best, 2, np.where(ac_best, 1, 0)).astype(np.int64)
+    pred[(s_ab == s_ac) & (s_ac == s_bc)] = -1
+    return pred
+
+
+def _split_missing(
+    features: object, triplets: object, warn: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate; return (X, T, keep mask over triplets)."""
+    X, missing = check_features(features)
+    T = check_triplets(triplets, X.shape[0])
+    if not missing.any():
+        return X, T, np.ones(T.shape[0], dtype=bool)
+    keep = ~missing[T].any(axis=1)
+    n_dropped = int((~keep).sum())
+    if n_dropped and warn:
+        warnings.warn(
+            f"{n_dropped} of {T.shape[0]} triplets touch one of {int(missing.sum())} missing "
+            "stimuli (all-NaN feature rows) and were dropped",
+            MissingStimuliWarning,
+            stacklevel=3,
+        )
+    return X, T, keep
+
+
+def pairwise_triplet_similarities(
+    features: object, triplets: object, similarity: Similarity = "cosine"
+) -> np.ndarray:
+    """``(m, 3)`` float64 array ``[s_ab, s_ac, s_bc]`` for each triplet ``(a, b, c)``.
+
+    Rows of triplets that touch a missing stimulus (all-NaN feature row) are NaN.
+    """
+    _check_choice(similarity, "similarity", SIMILARITIES)
+    X, T, keep = _split_missing(features, triplets)
+    out = np.full((T.shape[0], 3), np.nan)
+    if keep.any():
+        out[keep] = np.stack(_triplet_similarities(X, T[keep], similarity), axis=1)
+    return out
+
+
+def predict_odd_one_out(
+    features: object, triplets: object, similarity: Similarity = "cosine"
+) -> np.ndarray:
+    """``(m,)`` int64: position (0, 1, 2) of the predicted odd one out in each triplet.
+
+    -1 when all three similarities are exactly equal (counts as wrong) and for triplets
+    that touch a missing stimulus. The human choice is position 2 in the stored
+    convention, so ``predict_odd_one_out(X, T) == 2`` is the per-triplet correctness.
+    """
+    _check_choice(similarity, "similarity", SIMILARITIES)
+    X, T, keep = _split_missing(features, triplets)
+    pred = np.full(T.shape[0], -1, dtype=np.int64)
+    if keep.any():
+        pred[keep] = _predict_from_similarities(*_triplet_similarities(X, T[keep], similarity))
+    return pred
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+@dataclasses.dataclass
+class _Groups:
+    """Responses grouped into distinct triplets."""
+
+    inverse: np.ndarray  # (m,) group of each response
+    sizes: np.ndarray  # (g,) responses per group
+    first: np.ndarray  # (g,) index of one response of each group
+    majority_share: np.ndarray  # (g,) share of the group's answers that is the top answer
+    answers: np.ndarray  # (k,) distinct (group, answer object) combinations ...
+    answer_group: np.ndarray  # (k,) ... their group
+    answer_is_top: np.ndarray  # (k,) ... whether that answer ties for most common
+    n_top: np.ndarray  # (g,) how many answers tie for most common
+
+
+def _canonical(T: np.ndarray, convention: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the triplets' objects in a canonical order, the answer object of each response).
+
+    Odd-one-out: the unordered set of three objects sorted; answer = the odd one.
+    Anchor: the anchor, then the two others sorted; answer = the one judged closer.
+    """
+    a, b, c = T[:, 0], T[:, 1], T[:, 2]
+    if convention == "odd-one-out":
+        lo = np.minimum(np.minimum(a, b), c)
+        hi = np.maximum(np.maximum(a, b), c)
+        mid = a + b + c - lo - hi
+        return np.stack([lo, mid, hi], axis=1), c
+    return np.stack([a, np.minimum(b, c), np.maximum(b, c)], axis=1), b
+
+
+def _group(T: np.ndarray, convention: str, n_objects: int) -> _Groups:
+    """Group responses into distinct triplets and count the answers in each group."""
+    m = T.shape[0]
+    canon, answer = _canonical(T, convention)
+    n = max(n_objects, 1)
+    if n < 2_000_000:
+        keys = (canon[:, 0] * n + canon[:, 1]) * n + canon[:, 2]
+        order = np.argsort(keys)
+        sorted_keys = keys[order]
+        new = np.empty(m, dtype=bool)
+        new[0] = True
+        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
+    else:  # pragma: no cover - keys would overflow int64
+        order = np.lexsort((canon[:, 2], canon[:, 1], canon[:, 0]))
+        sc = canon[order]
+        new = np.r_[True, (sc[1:] != sc[:-1]).any(axis=1)]
+    if new.all():  # every response is its own distinct triplet
+        ones = np.ones(m, dtype=np.int64)
+        ident = np.arange(m)
+        return _Groups(
+            ident, ones, ident, ones.astype(np.float64), answer, ident, np.ones(m, dtype=bool), ones
+        )
+    starts = np.flatnonzero(new)
+    sizes = np.diff(np.append(starts, m))
+    gid_sorted = np.cumsum(new) - 1
+    inverse = np.empty(m, dtype=np.int64)
+    inverse[order] = gid_sorted
+    # Count answers per group: group ids are sorted already, so sort answers within them.
+    codes = np.sort(gid_sorted * n + answer[order], kind="stable")
+    run = np.empty(m, dtype=bool)
+    run[0] = True
+    np.not_equal(codes[1:], codes[:-1], out=run[1:])
+    run_starts = np.flatnonzero(run)
+    counts = np.diff(np.append(run_starts, m))
+    codes = codes[run_starts]
+    answer_group = codes // n
+    group_starts = np.flatnonzero(np.r_[True, answer_group[1:] != answer_group[:-1]])
+    top = np.maximum.reduceat(counts, group_starts)
+    is_top = counts == top[answer_group]
+    n_top = np.bincount(answer_group, weights=is_top, minlength=sizes.size).astype(np.int64)
+    return _Groups(
+        inverse=inverse,
+        sizes=sizes,
+        first=order[starts],
+        majority_share=top / sizes,
+        answers=codes % n,
+        answer_group=answer_group,
+        answer_is_top=is_top,
+        n_top=n_top,
+    )
+
+
+def _ceiling_from_groups(groups: _Groups) -> float | None:
+    repeated = groups.sizes >= 2
+    if not repeated.any():
+        return None
+    return float(groups.majority_share[repeated].mean())
+
+
+def noise_ceiling(triplets: object, convention: Convention = "odd-one-out") -> float:
+    """Human noise ceiling: mean over distinct triplets answered at least twice of the
+    share of answers that agree with the majority answer.
+
+    A distinct triplet is the unordered set of its three objects (odd-one-out) or the
+    anchor plus the unordered pair of the others (anchor). Ties for the majority do not
+    matter here (the share is the same). Raises InvalidInputError when no triplet was
+    answered more than once.
+    """
+    _check_choice(convention, "convention", CONVENTIONS)
+    arr = np.asarray(triplets)
+    n_objects = int(arr.max()) + 1 if arr.size and np.issubdtype(arr.dtype, np.number) else 0
+    T = check_triplets(arr, max(n_objects, 1))
+    ceiling = _ceiling_from_groups(_group(T, convention, n_objects))
+    if ceiling is None:
+        raise InvalidInputError(
+            "triplets",
+            "no triplet was answered more than once, so there is no noise ceiling",
+            "repeated responses to the same distinct triplet",
+        )
+    return ceiling
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclasses.dataclass(frozen=True)
+class OddOneOutResult(Result):
+    """Zero-shot triplet accuracy with its CI, chance, ceiling and the options used.
+
+    ``n_triplets`` is the number of scored units: responses (variant "responses") or
+    distinct triplets (variant "majority"). ``n_dropped`` counts responses dropped
+    because they touch a missing stimulus. ``ceiling_source`` is "data", "given" or None.
+    ``bootstrap_unit`` is "triplet" or "distinct triplet" (None without a CI).
+    """
+
+    accuracy: float
+    ci: tuple[float, float] | None
+    chance: float
+    ceiling: float | None
+    normalized: float | None
+    n_triplets: int
+    n_responses: int
+    n_distinct: int
+    n_dropped: int
+    n_full_ties: int
+    similarity: str
+    variant: str
+    convention: str
+    n_bootstrap: int
+    confidence: float
+    seed: int
+    clip_normalized: bool
+    ceiling_source: str | None
+    bootstrap_unit: str | None
+
+
+def _check_ceiling(ceiling: object, chance: float) -> float | None:
+    if ceiling is None:
+        return None
+    if isinstance(ceiling, bool) or not isinstance(ceiling, (int, float, np.floating)):
+        raise InvalidInputError(
+            "ceiling", f"is {ceiling!r}", f"None or a number in ({chance:.4g}, 1]"
+        )
+    value = float(ceiling)
+    if not chance < value <= 1.0:
+        raise InvalidInputError("ceiling", f"is {value}", f"None or a number in ({chance:.4g}, 1]")
+    return value
+
+
+def _score(
+    features: object,
+    triplets: object,
+    *,
+    convention: str,
+    similarity: str,
+    variant: str,
+    ceiling: object,
+    n_bootstrap: int,
+    confidence: float,
+    seed: int,
+    clip_normalized: bool,
+) -> OddOneOutResult:
+    _check_choice(similarity, "similarity", SIMILARITIES)
+    _check_choice(variant, "variant", VARIANTS)
+    check_bootstrap_options(n_bootstrap, confidence, seed)
+    if not isinstance(clip_normalized, bool):
+        raise InvalidInputError("clip_normalized", f"is {clip_normalized!r}", "True or False")
+    chance = CHANCE if convention == "odd-one-out" else ANCHOR_CHANCE
+    given_ceiling = _check_ceiling(ceiling, chance)
+
+    X, T_all, keep = _split_missing(features, triplets, warn=True)
+    n_dropped = int((~keep).sum())
+    if not keep.any():
+        raise InvalidInputError(
+            "features",
+            f"every one of the {T_all.shape[0]} triplets touches a missing stimulus (all-NaN row)",
+            "feature rows for the stimuli in the triplets",
+        )
+    T = T_all[keep]
+    n_objects = X.shape[0]
+    groups = _group(T, convention, n_objects)
+    repeated = bool((groups.sizes >= 2).any())
+
+    def correct_of(trip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted answer object or -1, full-tie mask) for triplets in ``trip``."""
+        if convention == "odd-one-out":
+            pred = _predict_from_similarities(*_triplet_similarities(X, trip, similarity))
+            obj = np.where(pred >= 0, trip[np.arange(trip.shape[0]), np.maximum(pred, 0)], -1)
+            return obj, pred < 0
+        s_ab, s_ac = _triplet_similarities(X, trip, similarity, pairs="ab,ac")
+        obj = np.where(s_ab > s_ac, trip[:, 1], np.where(s_ac > s_ab, trip[:, 2], -1))
+        return obj, s_ab == s_ac
+
+    if variant == "responses":
+        answer = T[:, 2] if convention == "odd-one-out" else T[:, 1]
+        predicted, ties = correct_of(T)
+        values = (predicted == answer).astype(np.float64)
+        unit_groups = groups.inverse if repeated else None
+        bootstrap_unit = "distinct triplet" if repeated else "triplet"
+    else:
+        canon, _ = _canonical(T[groups.first], convention)
+        predicted, ties = correct_of(canon)
+        # Credit 1/k when the prediction is one of k answers tied for most common.
+        hit = groups.answer_is_top & (groups.answers == predicted[groups.answer_group])
+        credit = np.bincount(groups.answer_group, weights=hit, minlength=groups.sizes.size)
+        values = credit / groups.n_top
+        unit_groups = None
+        bootstrap_unit = "distinct triplet"
+
+    accuracy = float(values.mean())
+    ci = bootstrap_mean_ci(
+        values, groups=unit_groups, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
+    )
+    ceil: float | None
+    source: str | None
+    if given_ceiling is not None:
+        ceil, source = given_ceiling, "given"
+    else:
+        ceil = _ceiling_from_groups(groups)
+        source = "data" if ceil is not None else None
+    normalized: float | None = None
+    if ceil is not None and ceil > chance:
+        normalized = (accuracy - chance) / (ceil - chance)
+        if clip_normalized:
+            normalized = max(0.0, normalized)
+    return OddOneOutResult(
+        accuracy=accuracy,
+        ci=ci,
+        chance=chance,
+        ceiling=ceil,
+        normalized=normalized,
+        n_triplets=int(values.size),
+        n_responses=int(T.shape[0]),
+        n_distinct=int(groups.sizes.size),
+        n_dropped=n_dropped,
+        n_full_ties=int(ties.sum()),
+        similarity=similarity,
+        variant=variant,
+        convention=convention,
+        n_bootstrap=int(n_bootstrap),
+        confidence=float(confidence),
+        seed=int(seed),
+        clip_normalized=clip_normalized,
+        ceiling_source=source,
+        bootstrap_unit=bootstrap_unit if ci is not None else None,
+    )
+
+
+def odd_one_out(
+    features: object,
+    triplets: object,
+    similarity: Similarity = "cosine",
+    variant: Variant = "responses",
+    ceiling: float | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    clip_normalized: bool = False,
+) -> OddOneOutResult:
+    """Zero-shot odd-one-out accuracy of ``features`` on human ``triplets``.
+
+    ``features``: ``(n, p)`` rows in stimulus order (all-NaN row = missing stimulus).
+    ``triplets``: ``(m, 3)`` stored convention, column 2 = the human's odd one out.
+
+    Variants:
+      ``responses`` (default): accuracy over responses, each response its own triplet.
+      ``majority``: accuracy over distinct triplets (the unordered set of 3 objects),
+        against the most common human answer. The prediction is made on the objects in
+        ascending index order (so the partial-tie rule is applied once, deterministically).
+        Tie handling: when k answers tie for most common, a prediction that is one of
+        them earns 1/k (the expected score under a random choice among the tied
+        majorities); a full similarity tie earns 0.
+
+    CI: percentile bootstrap (``n_bootstrap`` resamples, 0 = no CI) over triplets, or over
+    distinct triplets as groups when some triplet was answered more than once (and always
+    over distinct triplets in the majority variant).
+
+    ``ceiling``: None computes the noise ceiling from the (kept) triplets when some were
+    answered more than once (:func:`noise_ceiling`), else ceiling and normalized are
+    None. ``normalized = (accuracy - 1/3) / (ceiling - 1/3)``, not clipped unless
+    ``clip_normalized`` (then clipped at 0, as Brain-Score does). In the majority variant
+    the ceiling is still the human agreement with the majority, so accuracy can exceed it.
+    """
+    return _score(
+        features,
+        triplets,
+        convention="odd-one-out",
+        similarity=similarity,
+        variant=variant,
+        ceiling=ceiling,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        seed=seed,
+        clip_normalized=clip_normalized,
+    )
+
+
+def anchor_accuracy(
+    features: object,
+    triplets: object,
+    similarity: Similarity = "cosine",
+    variant: Variant = "responses",
+    ceiling: float | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    clip_normalized: bool = False,
+) -> OddOneOutResult:
+    """Accuracy on anchor triplets ``(a, b, c)``: "b is closer to a than c".
+
+    Correct when ``s(a, b) > s(a, c)``; an exact tie is wrong. Chance is 1/2 and
+    ``normalized = (accuracy - 1/2) / (ceiling - 1/2)``. A distinct triplet is the anchor
+    plus the unordered pair of the other two; the rest (variants, CI, ceiling, missing
+    stimuli) works as in :func:`odd_one_out`. ``n_full_ties`` counts exact ties.
+    """
+    return _score(
+        features,
+        triplets,
+        convention="anchor",
+        similarity=similarity,
+        variant=variant,
+        ceiling=ceiling,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        seed=seed,
+        clip_normalized=clip_normalized,
+    )

@@ -1,0 +1,466 @@
+"""Zero-shot odd-one-out accuracy, noise ceiling and bootstrap (METHODS.md section 2).
+
+Known answers come from a deliberately simple per-triplet loop written here from the
+rule text, from an independent parser of the raw THINGS file, and from published numbers
+(noise ceiling 0.6722, SPoSE 66-d dot-product accuracy 0.643).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter, defaultdict
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+from align.errors import InvalidInputError, NumericalError
+from align.metrics import bootstrap as bootstrap_mod
+from align.metrics import oddoneout as ooo
+from align.metrics.oddoneout import (
+    MissingStimuliWarning,
+    anchor_accuracy,
+    noise_ceiling,
+    odd_one_out,
+    pairwise_triplet_similarities,
+    predict_odd_one_out,
+)
+
+SIMS = ("cosine", "dot", "euclidean")
+
+# --------------------------------------------------------------------------- reference
+
+
+def ref_similarity(u: list[float], v: list[float], kind: str) -> float:
+    """METHODS section 2, one pair at a time in plain Python."""
+    if kind == "euclidean":
+        return -math.sqrt(sum((x - y) ** 2 for x, y in zip(u, v, strict=True)))
+    dot = sum(x * y for x, y in zip(u, v, strict=True))
+    if kind == "dot":
+        return dot
+    den = math.sqrt(sum(x * x for x in u)) * math.sqrt(sum(y * y for y in v))
+    return dot / den if den > 0 else 0.0
+
+
+def ref_predict(X: np.ndarray, triplets: np.ndarray, kind: str) -> list[int]:
+    """Position of the odd one out; -1 on a full tie; partial tie: first max of ab, ac, bc."""
+    rows = X.tolist()
+    out = []
+    for a, b, c in triplets.tolist():
+        s = [
+            ref_similarity(rows[a], rows[b], kind),
+            ref_similarity(rows[a], rows[c], kind),
+            ref_similarity(rows[b], rows[c], kind),
+        ]
+        if s[0] == s[1] == s[2]:
+            out.append(-1)
+            continue
+        best = max(s)
+        first = next(i for i in range(3) if s[i] == best)
+        out.append({0: 2, 1: 1, 2: 0}[first])
+    return out
+
+
+def random_triplets(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+    T = np.array([rng.choice(n, size=3, replace=False) for _ in range(m)], dtype=np.int64)
+    return T
+
+
+def tie_rich_features(rng: np.random.Generator, integer: bool) -> np.ndarray:
+    """Features with duplicate rows, zero rows and (integer case) exact partial ties."""
+    n, p = 30, 4
+    if integer:
+        X = rng.integers(-1, 2, size=(n, p)).astype(np.float32)
+    else:
+        X = rng.standard_normal((n, p)).astype(np.float32)
+    X[5] = X[3]  # duplicate rows
+    X[6] = X[3]
+    X[10] = X[11]
+    X[7] = 0.0  # zero vectors
+    X[8] = 0.0
+    return X
+
+
+@pytest.fixture(params=["matrix", "gather"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test through both code paths (n x n matrix, row-wise gather)."""
+    if request.param == "gather":
+        monkeypatch.setattr(ooo, "_MAX_MATRIX_ENTRIES", 0)
+        monkeypatch.setattr(ooo, "_GATHER_BLOCK", 37)  # many small chunks
+    return str(request.param)
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("similarity", SIMS)
+@pytest.mark.parametrize("integer", [False, True], ids=["float", "integer"])
+def test_predictions_equal_simple_loop_including_ties(
+    similarity: str, integer: bool, path: str
+) -> None:
+    rng = np.random.default_rng(7)
+    X = tie_rich_features(rng, integer)
+    T = random_triplets(rng, X.shape[0], 3000)
+    T = np.vstack([T, [[3, 5, 6], [7, 8, 3], [3, 10, 11], [5, 3, 7]]])  # ties for sure
+    expected = ref_predict(X.astype(np.float64), T, similarity)
+    got = predict_odd_one_out(X, T, similarity)
+    assert got.tolist() == expected
+    # the data really exercise the tie rule: full ties and partial ties of the best pair
+    assert (np.array(expected) == -1).any()
+    rows = X.astype(np.float64).tolist()
+    n_partial = 0
+    for a, b, c in T.tolist():
+        s = [ref_similarity(rows[x], rows[y], similarity) for x, y in ((a, b), (a, c), (b, c))]
+        n_partial += s.count(max(s)) == 2
+    # (with float features a repeated row is its own nearest neighbour under euclidean, so
+    # only an exact three-way tie can happen there)
+    assert n_partial > 0 or (similarity == "euclidean" and not integer)
+
+
+def test_integer_features_make_partial_ties_that_follow_the_order_rule(path: str) -> None:
+    # a=(1,0), b=(0,1), c=(1,1): dot ab=0, ac=1, bc=1 -> partial tie ac/bc -> first max ac
+    X = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    assert predict_odd_one_out(X, [[0, 1, 2]], "dot").tolist() == [1]
+    # cosine: ab=0, ac=bc=1/sqrt(2) exactly equal
+    assert predict_odd_one_out(X, [[0, 1, 2]], "cosine").tolist() == [1]
+    # euclidean: |a-b|=sqrt2, |a-c|=|b-c|=1 -> ac and bc tie at -1 -> ac
+    assert predict_odd_one_out(X, [[0, 1, 2]], "euclidean").tolist() == [1]
+    # three identical rows: full tie, counted wrong
+    Y = np.ones((3, 2), dtype=np.float32)
+    assert predict_odd_one_out(Y, [[0, 1, 2]], "cosine").tolist() == [-1]
+    assert odd_one_out(Y, [[0, 1, 2]], n_bootstrap=0).accuracy == 0.0
+
+
+@pytest.mark.parametrize("similarity", SIMS)
+def test_pairwise_similarities_match_loop(similarity: str, path: str) -> None:
+    rng = np.random.default_rng(3)
+    X = tie_rich_features(rng, integer=False)
+    T = random_triplets(rng, X.shape[0], 500)
+    rows = X.astype(np.float64).tolist()
+    expected = [
+        [
+            ref_similarity(rows[a], rows[b], similarity)
+            for a, b in ((t[0], t[1]), (t[0], t[2]), (t[1], t[2]))
+        ]
+        for t in T.tolist()
+    ]
+    got = pairwise_triplet_similarities(X, T, similarity)
+    assert got.shape == (500, 3)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def read_raw_things(data_dir: Path) -> list[tuple[int, int, int, int]]:
+    """Independent parser of test_triplets.csv: i j k choice subject, 1-based, RAW order."""
+    path = data_dir / "things" / "test_triplets.csv"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            i, j, k, choice, _subject = (int(x) for x in line.split())
+            rows.append((i, j, k, choice))
+    return rows
+
+
+def stored_convention(rows: list[tuple[int, int, int, int]], one_based: bool) -> np.ndarray:
+    """(i, j, k, choice) -> (a, b, odd) with the odd one out last."""
+    out = []
+    for i, j, k, choice in rows:
+        objs = [i, j, k]
+        odd = objs.pop(choice - 1)
+        out.append([*objs, odd])
+    T = np.array(out, dtype=np.int64)
+    return T - 1 if one_based else T
+
+
+@pytest.fixture(scope="module")
+def things_concept_order(data_dir: Path) -> np.ndarray:
+    path = data_dir / "things" / "test_triplets_things_concepts_order0.csv"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    rows = []
+    for line in path.read_text().splitlines()[1:]:
+        i, j, k, choice, _ = (int(x) for x in line.split(","))
+        rows.append((i, j, k, choice))
+    return stored_convention(rows, one_based=False)
+
+
+@pytest.fixture(scope="module")
+def spose(data_dir: Path) -> np.ndarray:
+    path = data_dir / "things_spose66d" / "spose_embedding_66d.txt"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    return np.loadtxt(path)
+
+
+def numpy_reference_correct(X: np.ndarray, T: np.ndarray, kind: str) -> np.ndarray:
+    """A second, plain-numpy implementation for real data (full n x n matrix)."""
+    G = X @ X.T
+    norms = np.sqrt(np.diag(G))
+    if kind == "dot":
+        S = G
+    elif kind == "cosine":
+        S = G / np.outer(norms, norms)
+    else:
+        S = -np.sqrt(np.maximum(norms[:, None] ** 2 + norms[None, :] ** 2 - 2 * G, 0))
+    s = np.stack([S[T[:, 0], T[:, 1]], S[T[:, 0], T[:, 2]], S[T[:, 1], T[:, 2]]], axis=1)
+    assert not ((s[:, 0] == s[:, 1]) | (s[:, 0] == s[:, 2]) | (s[:, 1] == s[:, 2])).any()
+    return np.argmax(s, axis=1) == 0  # correct: the human pair (a, b) is the most similar
+
+
+def ref_noise_ceiling(T: np.ndarray) -> float:
+    answers: dict[frozenset[int], list[int]] = defaultdict(list)
+    for a, b, c in T.tolist():
+        answers[frozenset((a, b, c))].append(c)
+    shares = [Counter(v).most_common(1)[0][1] / len(v) for v in answers.values() if len(v) >= 2]
+    return sum(shares) / len(shares)
+
+
+def test_things_noise_ceiling_from_raw_responses(data_dir: Path) -> None:
+    rows = read_raw_things(data_dir)
+    assert len(rows) == 20_000
+    T = stored_convention(rows, one_based=True)
+    ceiling = noise_ceiling(T)
+    assert ceiling == pytest.approx(ref_noise_ceiling(T), abs=1e-12)
+    assert ceiling == pytest.approx(0.6722, abs=5e-5)  # Hebart et al. 2020: 67.22%
+
+
+@pytest.mark.parametrize("similarity", SIMS)
+def test_spose_zero_shot_on_things_equals_loop(
+    similarity: str, spose: np.ndarray, things_concept_order: np.ndarray
+) -> None:
+    T = things_concept_order
+    result = odd_one_out(spose, T, similarity=similarity, n_bootstrap=200)
+    expected = numpy_reference_correct(spose, T, similarity).mean()
+    loop = np.mean(np.array(ref_predict(spose, T[:2000], similarity)) == 2)
+    assert odd_one_out(spose, T[:2000], similarity, n_bootstrap=0).accuracy == loop
+    assert result.accuracy == pytest.approx(expected, abs=1e-12)
+    assert result.n_triplets == 20_000 and result.n_distinct == 1000
+    assert result.ceiling == pytest.approx(0.6722, abs=5e-5)
+    assert result.ceiling_source == "data"
+    assert result.normalized == pytest.approx((expected - 1 / 3) / (result.ceiling - 1 / 3))
+    assert result.bootstrap_unit == "distinct triplet"
+    if similarity == "dot":  # PROVENANCE / Hebart et al.: 64.3% of responses
+        assert result.accuracy == pytest.approx(0.643, abs=5e-4)
+    print(f"SPoSE-66d {similarity}: {result.accuracy:.4f} CI {result.ci}")
+
+
+def test_majority_variant_matches_independent_implementation(
+    spose: np.ndarray, things_concept_order: np.ndarray
+) -> None:
+    T = things_concept_order
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for a, b, c in T.tolist():
+        groups[tuple(sorted((a, b, c)))].append(c)
+    canon = list(groups)
+    canonical_pred = dict(zip(canon, ref_predict(spose, np.array(canon), "dot"), strict=True))
+    credits = []
+    for objs, answers in groups.items():
+        counts = Counter(answers)
+        top = max(counts.values())
+        majority = {obj for obj, k in counts.items() if k == top}
+        pred = canonical_pred[objs]
+        predicted = objs[pred] if pred >= 0 else None
+        credits.append(1 / len(majority) if predicted in majority else 0.0)
+    result = odd_one_out(spose, T, similarity="dot", variant="majority", n_bootstrap=100)
+    assert result.variant == "majority" and result.n_triplets == 1000
+    assert result.accuracy == pytest.approx(np.mean(credits), abs=1e-12)
+
+
+def test_majority_tie_gives_fractional_credit() -> None:
+    X = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])  # 0 and 1 similar: odd one is 2
+    T = np.array([[0, 1, 2], [0, 2, 1]])  # two people: one says 2, one says 1 -> tie
+    result = odd_one_out(X, T, variant="majority", n_bootstrap=0)
+    assert result.accuracy == pytest.approx(0.5)
+    assert odd_one_out(X, T, n_bootstrap=0).accuracy == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_ci_contains_estimate_and_is_seeded(
+    spose: np.ndarray, things_concept_order: np.ndarray
+) -> None:
+    T = things_concept_order
+    r1 = odd_one_out(spose, T, similarity="dot", n_bootstrap=500, seed=3)
+    r2 = odd_one_out(spose, T, similarity="dot", n_bootstrap=500, seed=3)
+    r3 = odd_one_out(spose, T, similarity="dot", n_bootstrap=500, seed=4)
+    assert r1.ci is not None and r1.ci[0] < r1.accuracy < r1.ci[1]
+    assert r1.ci == r2.ci
+    assert r1.ci != r3.ci
+
+
+def test_grouped_bootstrap_matches_naive_resampling_of_distinct_triplets(
+    spose: np.ndarray, things_concept_order: np.ndarray
+) -> None:
+    T = things_concept_order
+    correct = predict_odd_one_out(spose, T, "dot") == 2
+    keys = [tuple(sorted(t)) for t in T.tolist()]
+    per_group: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for key, ok in zip(keys, correct.tolist(), strict=True):
+        per_group[key].append(int(ok))
+    sums = np.array([sum(v) for v in per_group.values()], dtype=float)
+    sizes = np.array([len(v) for v in per_group.values()], dtype=float)
+    rng = np.random.default_rng(123)
+    stats = []
+    for _ in range(3000):
+        idx = rng.integers(0, sums.size, sums.size)
+        stats.append(sums[idx].sum() / sizes[idx].sum())
+    naive = np.quantile(stats, [0.025, 0.975])
+    group_ids = np.unique(np.array(keys), axis=0, return_inverse=True)[1].reshape(-1)
+    ours = bootstrap_mod.bootstrap_mean_ci(correct, groups=group_ids, n_bootstrap=3000, seed=0)
+    assert ours is not None
+    np.testing.assert_allclose(ours, naive, atol=0.002)
+    # the grouped interval is wider than pretending the 20,000 responses were independent
+    flat = bootstrap_mod.bootstrap_mean_ci(correct, n_bootstrap=3000, seed=0)
+    assert flat is not None and (ours[1] - ours[0]) > (flat[1] - flat[0])
+
+
+def test_generic_bootstrap_ci_resamples_groups() -> None:
+    values = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 5.0])
+    groups = np.array([0, 0, 1, 1, 1, 2])
+    seen: list[np.ndarray] = []
+
+    def stat(idx: np.ndarray) -> float:
+        seen.append(idx)
+        return float(values[idx].mean())
+
+    ci = bootstrap_mod.bootstrap_ci(stat, 6, groups=groups, n_bootstrap=50, seed=1)
+    assert ci is not None and ci[0] <= ci[1]
+    for idx in seen:  # whole groups only: each group's members appear together
+        counts = np.bincount(idx, minlength=6)
+        assert counts[0] == counts[1] and counts[2] == counts[3] == counts[4]
+    assert bootstrap_mod.bootstrap_ci(stat, 6, n_bootstrap=0) is None
+
+
+# --------------------------------------------------------------------------- missing / errors
+
+
+def test_all_nan_rows_drop_their_triplets_with_a_warning(
+    spose: np.ndarray, things_concept_order: np.ndarray
+) -> None:
+    T = things_concept_order
+    X = spose.copy()
+    gone = [int(T[0, 0]), int(T[5, 2]), 17]
+    X[gone] = np.nan
+    touching = np.isin(T, gone).any(axis=1)
+    with pytest.warns(MissingStimuliWarning, match=f"{int(touching.sum())} of 20000 triplets"):
+        result = odd_one_out(X, T, similarity="dot", n_bootstrap=0)
+    assert result.n_dropped == int(touching.sum()) > 0
+    assert result.n_responses == 20_000 - result.n_dropped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = odd_one_out(spose, T[~touching], similarity="dot", n_bootstrap=0)
+    assert result.accuracy == kept.accuracy
+    with pytest.warns(MissingStimuliWarning):
+        preds = predict_odd_one_out(X, T, "dot")
+    assert (preds[touching] == -1).all()
+
+
+def test_nan_inside_a_row_raises() -> None:
+    X = np.random.default_rng(0).standard_normal((5, 3))
+    X[2, 1] = np.nan
+    with pytest.raises(NumericalError, match="row 2 column 1"):
+        odd_one_out(X, [[0, 1, 2]])
+    X[2, 1] = np.inf
+    with pytest.raises(NumericalError, match="row 2"):
+        predict_odd_one_out(X, [[0, 1, 2]])
+
+
+@pytest.mark.parametrize(
+    ("triplets", "field"),
+    [
+        ([[0, 1, 9]], "triplets[0]"),
+        ([[0, 1, 2], [0, 0, 1]], "triplets[1]"),
+        ([[0, 1]], "triplets"),
+        (np.zeros((0, 3), dtype=int), "triplets"),
+        ([[0.5, 1, 2]], "triplets"),
+    ],
+)
+def test_bad_triplets_name_the_row(triplets: object, field: str) -> None:
+    X = np.eye(4)
+    with pytest.raises(InvalidInputError) as info:
+        odd_one_out(X, triplets)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"similarity": "pearson"}, "similarity"),
+        ({"variant": "mean"}, "variant"),
+        ({"ceiling": 0.2}, "ceiling"),
+        ({"n_bootstrap": -1}, "n_bootstrap"),
+        ({"confidence": 1.5}, "confidence"),
+    ],
+)
+def test_bad_options_are_named(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        odd_one_out(np.eye(4), [[0, 1, 2]], **kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_bad_features_are_named() -> None:
+    with pytest.raises(InvalidInputError) as info:
+        odd_one_out(np.ones(5), [[0, 1, 2]])
+    assert info.value.field == "features"
+
+
+# --------------------------------------------------------------------------- ceiling options
+
+
+def test_single_responses_have_no_ceiling_unless_given() -> None:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((12, 4))
+    T = np.array(list(combinations(range(12), 3))[:100])
+    result = odd_one_out(X, T, n_bootstrap=100)
+    assert result.ceiling is None and result.normalized is None
+    assert result.bootstrap_unit == "triplet"
+    with pytest.raises(InvalidInputError):
+        noise_ceiling(T)
+    given = odd_one_out(X, T, ceiling=0.6, n_bootstrap=0)
+    assert given.ceiling_source == "given"
+    assert given.normalized == pytest.approx((given.accuracy - 1 / 3) / (0.6 - 1 / 3))
+
+
+def test_clip_normalized_clips_at_zero() -> None:
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.05]])  # 0 and 2 most similar
+    T = np.array([[0, 1, 2]] * 3)  # humans say 2 is odd: the model is always wrong
+    raw = odd_one_out(X, T, n_bootstrap=0)
+    assert raw.accuracy == 0.0 and raw.ceiling == 1.0
+    assert raw.normalized == pytest.approx(-0.5)
+    assert odd_one_out(X, T, n_bootstrap=0, clip_normalized=True).normalized == 0.0
+
+
+def test_result_serialises_with_its_options(spose: np.ndarray) -> None:
+    d = odd_one_out(spose, [[0, 1, 2], [3, 4, 5]], similarity="dot", n_bootstrap=10).to_dict()
+    for key in ("similarity", "variant", "n_bootstrap", "seed", "confidence", "n_dropped"):
+        assert key in d
+    assert d["similarity"] == "dot" and d["n_bootstrap"] == 10
+
+
+# --------------------------------------------------------------------------- anchor
+
+
+@pytest.mark.parametrize("similarity", SIMS)
+def test_anchor_accuracy_equals_loop(
+    similarity: str, spose: np.ndarray, things_concept_order: np.ndarray
+) -> None:
+    # (a, b, c) with the human's odd one out c: b is closer to a than c (anchor a).
+    T = things_concept_order[:3000]
+    rows = spose.tolist()
+    expected = np.mean(
+        [
+            ref_similarity(rows[a], rows[b], similarity)
+            > ref_similarity(rows[a], rows[c], similarity)
+            for a, b, c in T.tolist()
+        ]
+    )
+    result = anchor_accuracy(spose, T, similarity=similarity, n_bootstrap=100)
+    assert result.chance == 0.5 and result.convention == "anchor"
+    assert result.accuracy == pytest.approx(expected, abs=1e-12)
+    assert result.ci is not None and result.ci[0] <= result.accuracy <= result.ci[1]
