@@ -636,7 +636,9 @@ class EvaluationServer:
         self._servicer = EvaluationServicer(cfg, self.metrics, cache, embedder, scheduler, auth)
         self._server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", cfg.max_request_bytes),
+                # gRPC's own hard cap sits above ours, so that an oversize request gets
+                # our RESOURCE_EXHAUSTED message naming the limit, not a transport error.
+                ("grpc.max_receive_message_length", max(4 * cfg.max_request_bytes, 4 << 20)),
                 ("grpc.max_send_message_length", 256 << 20),
                 ("grpc.so_reuseport", 0),
             ]

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,3 +124,51 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------------------
+# The evaluation service over that Redis (in-process, its own event loop thread, local
+# embedder: no Ray), shared by tests/services/test_evaluation*.py and test_remote*.py.
+
+TOKENS = {"alice-token-0123": "alice", "bob-token-4567": "bob"}
+ALICE, BOB = "alice-token-0123", "bob-token-4567"
+
+
+@pytest.fixture(scope="session")
+def spose_npy(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SPoSE 66-d THINGS embedding (human-derived) saved as a .npy features file."""
+    import numpy as np
+    from align.datasets import load_spose_embedding
+
+    path = tmp_path_factory.mktemp("features") / "spose66.npy"
+    np.save(path, load_spose_embedding(data_dir))
+    return path
+
+
+@pytest.fixture
+def eval_service(redis_server: RedisServer, data_dir: Path) -> Iterator[Any]:
+    """``make(**config) -> ThreadedServer`` on ``redis_server``; all stopped afterwards."""
+    from align_services.evaluation.server import ServerConfig, ThreadedServer
+
+    started: list[Any] = []
+
+    def make(**overrides: Any) -> Any:
+        values: dict[str, Any] = dict(
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
+            redis_url=redis_server.url,
+            tokens=dict(TOKENS),
+            data_dir=str(data_dir),
+            grace_s=10.0,
+        )
+        values.update(overrides)
+        server = ThreadedServer(ServerConfig(**values))
+        started.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in started:
+            server.stop(grace=2.0)
