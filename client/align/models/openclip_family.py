@@ -53,7 +53,7 @@ def _preprocessing(arch: str, tag: str | None) -> Preprocessing:
     pp: dict[str, Any] = {}
     if tag:
         pp.update(oc.get_pretrained_cfg(arch, tag) or {})
-    merged = oc.transform.merge_preprocess_dict(
+    merged_dict = oc.transform.merge_preprocess_dict(
         oc.transform.PreprocessCfg(size=vision.get("image_size", 224)),
         {
             k: v
@@ -61,6 +61,7 @@ def _preprocessing(arch: str, tag: str | None) -> Preprocessing:
             if k in ("mean", "std", "interpolation", "resize_mode", "size")
         },
     )
+    merged = oc.transform.PreprocessCfg(**merged_dict)
     mode = {"shortest": "center", "squash": "squash"}.get(merged.resize_mode)
     if mode is None:
         raise InvalidInputError(

@@ -136,7 +136,8 @@ class TextModel(EmbeddingModel):
                     "a string (text models embed words)",
                 )
         bs = _batch_size(batch_size, 128)
-        dim = int(self.model.get_sentence_embedding_dimension() or 0)
+        get_dim = getattr(self.model, "get_embedding_dimension", None)
+        dim = int((get_dim or self.model.get_sentence_embedding_dimension)() or 0)
         chunks = []
         with _progress(len(words), progress, "word") as bar:
             for start in range(0, len(words), bs):
