@@ -1,0 +1,116 @@
+"""align.remote: the client side of the evaluation service (connect, env selection,
+retries with backoff, clear errors)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from align.errors import InvalidInputError, NotFoundError, ResourceLimitError
+from align.remote import (
+    RemoteBackend,
+    ServiceUnavailableError,
+    error_from_status,
+    parse_server,
+)
+
+from tests.services.redis_fixtures import ALICE, TOKENS, free_port
+
+pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
+
+
+def test_connect_returns_a_client_that_scores_like_embedded(eval_service: Any, spose_npy: Path):
+    import align
+    from align.api import connect
+
+    server = eval_service()
+    with connect(server.address, token=ALICE) as client:
+        assert isinstance(client.backend, RemoteBackend)
+        remote = client.score(str(spose_npy), "things", n_bootstrap=50)
+    embedded = align.score(str(spose_npy), "things", cache=False, n_bootstrap=50)
+    assert remote.metrics == embedded.metrics
+    assert remote.provenance["weights_digest"] == embedded.provenance["weights_digest"]
+    assert remote.provenance["dataset_digest"] == embedded.provenance["dataset_digest"]
+
+
+def test_align_server_and_token_env_select_the_remote_backend(
+    eval_service: Any, spose_npy: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import align.api
+
+    server = eval_service()
+    monkeypatch.setenv("ALIGN_SERVER", server.address)
+    monkeypatch.setenv("ALIGN_TOKEN", ALICE)
+    monkeypatch.setattr(align.api, "_default_client", None)
+    report = align.api.score(str(spose_npy), "things", n_bootstrap=50)
+    assert report.provenance["backend"] == "remote"
+    assert server.metrics.total("align_report_computations_total") == 1.0
+
+
+def test_unreachable_server_gives_a_clear_error_after_retries():
+    target = f"127.0.0.1:{free_port()}"
+    with RemoteBackend(target, ALICE, retries=2, backoff_s=0.01, progress=False) as b:
+        with pytest.raises(ServiceUnavailableError) as info:
+            b.score("timm/tf_efficientnet_lite0", "things")
+    message = str(info.value)
+    assert target in message and "after 3 attempts" in message and "ALIGN_SERVER" in message
+
+
+def test_retries_with_backoff_until_the_server_comes_up(spose_npy: Path, data_dir: Path):
+    from align_services.evaluation.server import ServerConfig, ThreadedServer
+
+    port = free_port()
+    holder: dict[str, Any] = {}
+
+    def start_late() -> None:
+        time.sleep(1.0)
+        holder["server"] = ThreadedServer(
+            ServerConfig(
+                host="127.0.0.1",
+                port=port,
+                metrics_port=None,
+                redis_url=None,  # no Redis at all: still correct
+                tokens=dict(TOKENS),
+                data_dir=str(data_dir),
+            )
+        )
+
+    starter = threading.Thread(target=start_late)
+    starter.start()
+    try:
+        with RemoteBackend(
+            f"grpc://127.0.0.1:{port}", ALICE, retries=8, backoff_s=0.2, progress=False
+        ) as b:
+            report = b.score(str(spose_npy), "things", options={"n_bootstrap": 50})
+        assert 0.5 < report.value("odd_one_out", "accuracy") < 1.0
+    finally:
+        starter.join()
+        if "server" in holder:
+            holder["server"].stop(grace=1.0)
+
+
+@pytest.mark.parametrize("bad", ["", "localhost", "http://x:1", "host:port", ":50051"])
+def test_bad_server_address_names_the_field(bad: str):
+    with pytest.raises(InvalidInputError) as info:
+        parse_server(bad)
+    assert info.value.field == "server"
+
+
+def test_server_address_forms():
+    assert parse_server("localhost:50051") == ("localhost:50051", False)
+    assert parse_server("grpc://10.0.0.1:1") == ("10.0.0.1:1", False)
+    assert parse_server("grpcs://eval.example.org:443") == ("eval.example.org:443", True)
+
+
+def test_status_without_align_metadata_still_maps_to_align_errors():
+    err = error_from_status(grpc.StatusCode.INVALID_ARGUMENT, "layer: is '' (expected a name)")
+    assert isinstance(err, InvalidInputError) and err.field == "layer"
+    assert isinstance(error_from_status(grpc.StatusCode.NOT_FOUND, "unknown x"), NotFoundError)
+    assert isinstance(
+        error_from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "too big"), ResourceLimitError
+    )
+    assert isinstance(error_from_status(grpc.StatusCode.UNAVAILABLE, "down"), ConnectionError)
