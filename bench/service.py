@@ -6,9 +6,10 @@ and (``--embedding``) embedding throughput in-process vs through the service.
     python -m bench service --embedding --model timm/tf_efficientnet_lite0 --dataset things48
     python -m bench service --embedding --embedder grpc://127.0.0.1:9000   # via Ray Serve
 
-Real data: the SPoSE 66-d THINGS embedding scored on the 20,000 THINGS triplets (features
-read by the server, model-id path ``features:<npy>``). Latencies are client wall times of
-``RemoteBackend.score`` over loopback gRPC, including the stream and JSON decoding.
+Real data: the SPoSE 66-d THINGS embedding scored on the 20,000 THINGS triplets (the
+server reads the features file: model id ``bench/spose66`` registered in-process).
+Latencies are client wall times of ``RemoteBackend.score`` over loopback gRPC, including
+the stream and JSON decoding.
 """
 
 from __future__ import annotations
@@ -80,7 +81,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="align-bench-"))
     spose = tmp / "spose66.npy"
     np.save(spose, load_spose_embedding())
-    model = f"features:{spose}"
+    # A model id the (in-process) server resolves to the features file, so requests carry
+    # an id, as for any registry model (a features *path* would upload the matrix).
+    from align.models import register_model
+
+    model = "bench/spose66"
+    register_model(model, f"features:{spose}")
 
     redis = None
     url = args.redis
