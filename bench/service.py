@@ -53,7 +53,9 @@ def _timed(fn: Any, *args: Any, **kw: Any) -> tuple[float, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m bench service", description=__doc__)
-    p.add_argument("--redis", default=None, help="Redis URL (default: start redis-server)")
+    p.add_argument(
+        "--redis", default=None, help="Redis URL, or 'off' (default: start a redis-server)"
+    )
     p.add_argument("--repeats", type=int, default=50, help="cached re-scores to time")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--per-client", type=int, default=20)
@@ -89,8 +91,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     register_model(model, f"features:{spose}")
 
     redis = None
-    url = args.redis
-    if url is None:
+    url = None if args.redis == "off" else args.redis
+    if args.redis is None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from tests.services.redis_fixtures import RedisServer
 
