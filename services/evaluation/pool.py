@@ -83,7 +83,6 @@ class FairScheduler:
         return ticket
 
     def _dispatch(self) -> None:
-        moved = False
         while self._n_running < self.max_workers:
             pick = next((t for t in self._waiting if self._running[t.token] < self.per_token), None)
             if pick is None:
@@ -92,11 +91,7 @@ class FairScheduler:
             self._running[pick.token] += 1
             self._n_running += 1
             pick.granted.set()
-            moved = True
-        if moved:
-            for t in self._waiting:
-                t.changed.set()
-        for t in self._waiting:  # anything that could change a position
+        for t in self._waiting:  # positions may have moved: wake the waiters to re-read
             t.changed.set()
 
     def _release(self, ticket: Ticket) -> None:
