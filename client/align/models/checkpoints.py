@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -31,7 +32,9 @@ def read_state_dict(path: str | Path, field: str = "checkpoint") -> dict[str, to
 
             obj = load_file(str(p), device="cpu")
         else:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except (
         pickle.UnpicklingError,
         RuntimeError,
