@@ -295,13 +295,19 @@ def _compare_vectors(x: np.ndarray, y: np.ndarray, method: str) -> float:
     return value
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Inner product of two 1-D float arrays without BLAS: a multithreaded BLAS ``ddot``
+    is many times slower than one core on a busy machine, and this is the hot loop."""
+    return float(np.einsum("i,i->", a, b))
+
+
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     xc = x - x.mean()
     yc = y - y.mean()
-    denom = math.sqrt(float(xc @ xc) * float(yc @ yc))
+    denom = math.sqrt(_dot(xc, xc) * _dot(yc, yc))
     if denom == 0.0:
         return math.nan
-    return float(np.clip((xc @ yc) / denom, -1.0, 1.0))
+    return float(np.clip(_dot(xc, yc) / denom, -1.0, 1.0))
 
 
 def kendall_tau_a(x: Any, y: Any, weights: Any = None) -> float:
@@ -429,21 +435,21 @@ class _RankedPairs:
             return ranks, None
         g = np.add.reduceat(w_sorted, self.starts)
         rank_g = np.cumsum(g) - (g - 1.0) / 2.0
-        return np.repeat(rank_g, self.sizes), float(g @ (g * g))
+        return np.repeat(rank_g, self.sizes), _dot(g, g * g)
 
 
 def _weighted_corr(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
     total = w.sum()
     if total <= 0:
         return math.nan
-    xc = x - (w @ x) / total
-    yc = y - (w @ y) / total
+    xc = x - _dot(w, x) / total
+    yc = y - _dot(w, y) / total
     wx = w * xc
-    sxx = float(wx @ xc)
-    syy = float((w * yc) @ yc)
+    sxx = _dot(wx, xc)
+    syy = _dot(w * yc, yc)
     if sxx <= 0 or syy <= 0:
         return math.nan
-    return float(np.clip(float(wx @ yc) / math.sqrt(sxx * syy), -1.0, 1.0))
+    return float(np.clip(_dot(wx, yc) / math.sqrt(sxx * syy), -1.0, 1.0))
 
 
 class _PairComparer:
@@ -460,17 +466,17 @@ class _PairComparer:
             rm, rh = _RankedPairs(model), _RankedPairs(human)
             self.rm, self.rh = rm, rh
             # everything is laid out in the model's sorted order
-            self.i, self.j = i[rm.order].astype(np.int32), j[rm.order].astype(np.int32)
+            self.i, self.j = i[rm.order], j[rm.order]
             # human-sorted position of each pair, then pairs in model order -> that position
             hpos = np.empty(model.size, dtype=np.intp)
             hpos[rh.order] = np.arange(model.size)
             self.h_of_m = hpos[rm.order]
-            self.hi, self.hj = i[rh.order].astype(np.int32), j[rh.order].astype(np.int32)
+            self.hi, self.hj = i[rh.order], j[rh.order]
         elif method == "pearson":
-            self.i, self.j = i.astype(np.int32), j.astype(np.int32)
+            self.i, self.j = i, j
             self.x, self.y = model, human
         else:
-            self.i, self.j = i.astype(np.int32), j.astype(np.int32)
+            self.i, self.j = i, j
             self.tau_a = _TauA(model, human)
 
     def compare(self, counts: np.ndarray) -> float:
@@ -504,7 +510,7 @@ class _PairComparer:
         r_h, g3_h = self.rh.sorted_ranks(wh)
         r_h = np.take(r_h, self.h_of_m)
         r_m *= wm
-        cross = float(r_m @ r_h)
+        cross = _dot(r_m, r_h)
         wt = float(total)
         mean = (wt + 1.0) / 2.0
         cov = cross - wt * mean * mean
@@ -582,10 +588,26 @@ def _noise_ceiling(M: np.ndarray, method: str, pooling: str) -> NoiseCeiling:
     total = pooled.sum(axis=0)
     mean_all = total / s
     lower, upper = [], []
-    for k in range(s):
-        others = (total - pooled[k]) / (s - 1)
-        lower.append(_compare_vectors(vectors[k], others, method))
-        upper.append(_compare_vectors(vectors[k], mean_all, method))
+    if method == "spearman":
+        # rank every vector once: Spearman = Pearson of average ranks
+        from scipy.stats import rankdata
+
+        for k, v in enumerate(vectors):
+            if np.ptp(v) == 0:
+                raise NumericalError(f"matrices: subject {k} has the same value for every pair")
+        ranked = pooled if pooling == "normalized" else np.asarray(rankdata(vectors, axis=1))
+        mean_ranked = rankdata(mean_all)
+        for k in range(s):
+            others = rankdata((total - pooled[k]) / (s - 1))
+            lower.append(_pearson(ranked[k], others))
+            upper.append(_pearson(ranked[k], mean_ranked))
+    else:
+        for k in range(s):
+            others = (total - pooled[k]) / (s - 1)
+            lower.append(_compare_vectors(vectors[k], others, method))
+            upper.append(_compare_vectors(vectors[k], mean_all, method))
+    if not np.isfinite(lower).all() or not np.isfinite(upper).all():
+        raise NumericalError("noise ceiling is undefined: a mean RDM is constant")
     return NoiseCeiling(
         lower=float(np.mean(lower)),
         upper=float(np.mean(upper)),
