@@ -450,3 +450,47 @@ def test_list_datasets_and_unknown_report_key(eval_service: Any):
         with pytest.raises(InvalidInputError) as info:
             b.get_report("not-a-key")
         assert info.value.field == "key"
+
+
+def test_entry_point_serves_and_exits_cleanly_on_sigterm(tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.services.redis_fixtures import free_port
+
+    port = free_port()
+    tokens = tmp_path / "tokens"
+    tokens.write_text("ops:ops-token-0000\n")
+    env = dict(os.environ, ALIGN_TOKENS_FILE=str(tokens))
+    env.pop("ALIGN_TOKENS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "align_services.evaluation", "--host", "127.0.0.1",
+         "--port", str(port), "--redis", "off", "--metrics-port", "-1", "--grace", "5"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    break
+                except grpc.RpcError:
+                    assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+                    assert time.monotonic() < deadline, "server never became healthy"
+                    time.sleep(0.2)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        log = proc.stderr.read().decode()  # type: ignore[union-attr]
+        assert '"msg": "evaluation service stopped"' in log  # structured JSON logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

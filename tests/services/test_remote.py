@@ -114,3 +114,44 @@ def test_status_without_align_metadata_still_maps_to_align_errors():
         error_from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "too big"), ResourceLimitError
     )
     assert isinstance(error_from_status(grpc.StatusCode.UNAVAILABLE, "down"), ConnectionError)
+
+
+def test_tls_with_a_private_ca(tmp_path: Path, spose_npy: Path, data_dir: Path):
+    import shutil
+    import subprocess
+
+    from align_services.evaluation.server import ServerConfig, ThreadedServer
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server = ThreadedServer(
+        ServerConfig(
+            host="127.0.0.1",
+            port=0,
+            metrics_port=None,
+            redis_url=None,
+            tokens=dict(TOKENS),
+            data_dir=str(data_dir),
+            tls_cert=str(cert),
+            tls_key=str(key),
+        )
+    )
+    try:
+        with RemoteBackend(
+            f"grpcs://localhost:{server.port}", ALICE, root_certificates=cert, progress=False
+        ) as b:
+            datasets = b.list_datasets()
+        assert any(d["id"] == "things" for d in datasets)
+        # a plaintext client cannot talk to the TLS port
+        with RemoteBackend(f"localhost:{server.port}", ALICE, retries=0, progress=False) as b:
+            with pytest.raises(ServiceUnavailableError):
+                b.list_datasets()
+    finally:
+        server.stop(grace=1.0)
