@@ -194,10 +194,12 @@ def _pair_similarities(
     if u * u <= _MAX_MATRIX_ENTRIES and u * u <= 8 * n_pairs * m:
         flat = _similarity_matrix(Xu, similarity).reshape(-1)
         out = []
+        scaled: dict[int, np.ndarray] = {}  # i * u, shared by pairs with the same first index
         for i, j in pairs:
-            key = i * u
-            key += j
-            out.append(np.take(flat, key))
+            if id(i) not in scaled:
+                scaled[id(i)] = i * u
+            key = scaled[id(i)] + j
+            out.append(np.take(flat, key, mode="clip"))  # keys are in range
         return out
     sq = np.einsum("ij,ij->i", Xu, Xu)
     res = [np.empty(m, dtype=np.float64) for _ in pairs]
@@ -281,6 +283,8 @@ def pairwise_triplet_similarities(
     """
     _check_choice(similarity, "similarity", SIMILARITIES)
     X, T, keep = _split_missing(features, triplets)
+    if keep.all():
+        return np.stack(_triplet_similarities(X, T, similarity), axis=1)
     out = np.full((T.shape[0], 3), np.nan)
     if keep.any():
         out[keep] = np.stack(_triplet_similarities(X, T[keep], similarity), axis=1)
@@ -298,6 +302,8 @@ def predict_odd_one_out(
     """
     _check_choice(similarity, "similarity", SIMILARITIES)
     X, T, keep = _split_missing(features, triplets)
+    if keep.all():
+        return _predict_from_similarities(*_triplet_similarities(X, T, similarity))
     pred = np.full(T.shape[0], -1, dtype=np.int64)
     if keep.any():
         pred[keep] = _predict_from_similarities(*_triplet_similarities(X, T[keep], similarity))
@@ -494,7 +500,7 @@ def _score(
             f"every one of the {T_all.shape[0]} triplets touches a missing stimulus (all-NaN row)",
             "feature rows for the stimuli in the triplets",
         )
-    T = T_all[keep]
+    T = T_all if n_dropped == 0 else T_all[keep]
     n_objects = X.shape[0]
     groups = _group(T, convention, n_objects)
     repeated = bool((groups.sizes >= 2).any())
