@@ -464,3 +464,17 @@ def test_anchor_accuracy_equals_loop(
     assert result.chance == 0.5 and result.convention == "anchor"
     assert result.accuracy == pytest.approx(expected, abs=1e-12)
     assert result.ci is not None and result.ci[0] <= result.accuracy <= result.ci[1]
+
+
+def test_anchor_majority_and_ceiling_by_hand() -> None:
+    X = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.5, 0.5]])
+    # anchor 0 with {1, 2}: three people, answers 1, 2, 1 -> majority 1 (share 2/3);
+    # anchor 3 with {0, 2}: one person. Cosine: 1 is closer to 0 than 2 is; 0 and 2 are
+    # exactly as close to 3 (a tie, counted wrong).
+    T = np.array([[0, 1, 2], [0, 2, 1], [0, 1, 2], [3, 0, 2]])
+    assert noise_ceiling(T, convention="anchor") == pytest.approx(2 / 3)
+    majority = anchor_accuracy(X, T, variant="majority", n_bootstrap=0)
+    assert majority.accuracy == pytest.approx(0.5) and majority.n_full_ties == 1
+    responses = anchor_accuracy(X, T, n_bootstrap=0)
+    assert responses.accuracy == pytest.approx(0.5)  # responses 0 and 2 right, 1 and 3 wrong
+    assert responses.normalized == pytest.approx((0.5 - 0.5) / (2 / 3 - 0.5))
