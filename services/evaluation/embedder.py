@@ -171,13 +171,15 @@ class GrpcEmbedder:
         reply = await self._call(self._stub.ListModels, align_pb2.ListModelsRequest(pattern=model))
         for info in reply.models:
             if info.id == model:
+                if info.preprocessing_json:
+                    preprocessing = json.loads(info.preprocessing_json)
+                else:  # older embedding servers: take it from our registry if the same spec
+                    preprocessing = _local_preprocessing(info.id, info.digest)
                 return ModelRef(
                     id=info.id,
                     spec_digest=info.digest,
                     family=info.family or "torch",
-                    preprocessing=(
-                        json.loads(info.preprocessing_json) if info.preprocessing_json else None
-                    ),
+                    preprocessing=preprocessing,
                     layers=tuple(info.layers),
                     modality=info.modality or "image",
                 )
@@ -242,6 +244,19 @@ class GrpcEmbedder:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def _local_preprocessing(model: str, digest: str) -> Any:
+    """The preprocessing of ``model`` from this process's registry, when its spec has the
+    same digest as the embedding server's (else None: unknown here)."""
+    try:
+        from align.models import get_spec
+        from align.results import to_jsonable
+
+        spec = get_spec(model)
+    except Exception:
+        return None
+    return to_jsonable(spec.preprocessing) if spec.digest == digest else None
 
 
 def decode_features(data: bytes, shape: Any, where: str = "EmbedResponse") -> np.ndarray:
