@@ -1,6 +1,6 @@
 """Benchmark: RSA with a stimulus bootstrap on thousands of stimuli.
 
-    python -m bench.rsa [--n 2000] [--p 1024] [--resamples 1000] [--naive-resamples 3]
+    python -m bench rsa [--n 2000] [--p 1024] [--resamples 1000] [--naive-resamples 3]
 
 Ours: ``align.metrics.rsa.rsa`` (model RDM once, float32; every resample is a weighted
 comparison of the two fixed pair vectors). Baseline, measured in the same run: the
@@ -64,7 +64,7 @@ def _naive(
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     _threads()
-    parser = argparse.ArgumentParser(prog="python -m bench.rsa", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench rsa", description=__doc__)
     parser.add_argument("--n", type=int, default=2000, help="stimuli")
     parser.add_argument("--p", type=int, default=1024, help="features")
     parser.add_argument("--subjects", type=int, default=4)
