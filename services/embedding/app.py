@@ -201,7 +201,7 @@ class Failure:
 
         cls = getattr(errors, self.type, AlignError)
         try:
-            return cls(self.message)  # type: ignore[no-any-return]
+            return cls(self.message)
         except TypeError:
             return AlignError(self.message)
 
@@ -308,7 +308,7 @@ class Embedder:
                 # Already a full batch on its own: no point waiting for others.
                 model = await self.get_model(serve.get_multiplexed_model_id())
                 return (await self._forward(model, [work]))[0]
-            return await self._embed_batch(work)  # type: ignore[no-any-return]
+            return await self._embed_batch(work)
         except AlignError as e:
             return Failure.of(e)
 
@@ -452,7 +452,9 @@ class EmbeddingIngress:
         self._datasets: dict[str, Any] = {}
         tags = ("model",)
         self._m_requests = Counter(
-            "align_embed_requests", METRIC_NAMES["align_embed_requests"], ("model", "code")
+            "align_embed_requests",
+            METRIC_NAMES["align_embed_requests"],
+            ("model", "code"),  # type: ignore[arg-type]
         )
         self._m_latency = Histogram(
             "align_embed_request_seconds",
@@ -720,7 +722,7 @@ class EmbeddingIngress:
         attempt = 0
         while True:
             try:
-                return await handle.options(multiplexed_model_id=model_id).embed.remote(work)  # type: ignore[no-any-return]
+                return await handle.options(multiplexed_model_id=model_id).embed.remote(work)
             except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
                 attempt += 1
                 if attempt > self.retries:
@@ -765,9 +767,9 @@ def build_app(args: Mapping[str, Any] | None = None) -> Any:
     for fam in families:
         name = FAMILY_DEPLOYMENTS[fam]
         if name not in embedders:
-            embedders[name] = Embedder.options(name=name).bind(fam, max_models)
+            embedders[name] = Embedder.options(name=name).bind(fam, max_models)  # type: ignore[attr-defined]
     Limits.from_mapping(args.get("limits"))  # fail at build time, not per request
-    return EmbeddingIngress.bind(
+    return EmbeddingIngress.bind(  # type: ignore[attr-defined]
         embedders,
         limits=args.get("limits"),
         retries=int(args.get("retries", 3)),

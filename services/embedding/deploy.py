@@ -94,7 +94,7 @@ def override(
 def application(config: Mapping[str, Any], name: str = APP_NAME) -> dict[str, Any]:
     for app in config.get("applications", []):
         if app.get("name") == name:
-            return app  # type: ignore[no-any-return]
+            return app
     raise NotFoundError(
         "application", name, [a.get("name", "") for a in config.get("applications", [])]
     )
