@@ -4,6 +4,8 @@
     align datasets                                       which datasets are here
     align models [PATTERN]                               the registered models
     align probe MODEL DATASET -o transform.npz           fit and save a linear probe
+    align report MODEL... --out DIR                      HTML report for one or many models
+    align reproduce [--out docs]                         the paper's experiment set
     align demo                                           real models on real human data
 
 Tables for people, ``--json`` for programs. Errors print one line to stderr and exit 2.
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--json", action="store_true")
 
+    _add_report_parsers(sub, data_dir_arg)
+
     p = sub.add_parser("demo", help="score real models on real human data")
     data_dir_arg(p)
     p.add_argument("--quick", action="store_true", help="skip the image models (text models only)")
@@ -115,7 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         handler = _COMMANDS[args.command]
-        return handler(args)
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.showwarning = _show_warning
+            return handler(args)
     except AlignError as exc:
         if args.debug:
             raise
@@ -126,6 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    # a warning is one line for a person, not a source location
+    print(f"align: warning: {_one_line(str(message))}", file=sys.stderr)
 
 
 def _one_line(text: str) -> str:
@@ -362,7 +382,85 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(data_dir=args.data_dir, quick=args.quick, as_json=args.json)
 
 
+def _add_report_parsers(sub: Any, data_dir_arg: Any) -> None:
+    """`align report` and `align reproduce` (align.reporting)."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        data_dir_arg(p)
+        p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples")
+        p.add_argument("--seed", type=int, default=0, help="random seed")
+        p.add_argument("--no-probe", action="store_true", help="zero-shot, RSA, concepts only")
+        p.add_argument("--rank", type=int, default=64, help="rank of the low-rank probes")
+        p.add_argument(
+            "--peterson-images", default=None, help="folder of the Peterson animal images"
+        )
+        p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+
+    p = sub.add_parser("report", help="write an HTML report for one or many models")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="model ids, reference/spose, reference/vice or features:<things.npy>",
+    )
+    p.add_argument("--out", required=True, help="output folder (index.html and figures)")
+    p.add_argument("--layers", nargs="+", default=None, help="layers to sweep")
+    p.add_argument("--no-thumbnails", action="store_true", help="no example images")
+    common(p)
+
+    p = sub.add_parser("reproduce", help="run the paper's experiment set; write results.md")
+    p.add_argument("--out", default="docs", help="folder for results.md and figures/")
+    p.add_argument("--models", nargs="+", default=None, help="sources (default: the paper set)")
+    common(p)
+
+
+def _report_config(args: argparse.Namespace) -> Any:
+    from .reporting.experiments import ReportConfig
+
+    return ReportConfig(
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+        probes=not args.no_probe,
+        rank=args.rank,
+        layers=tuple(args.layers) if getattr(args, "layers", None) else None,
+        peterson_images=args.peterson_images,
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .reporting.reproduce import build_report
+
+    path = build_report(
+        args.models,
+        args.out,
+        args.data_dir,
+        _report_config(args),
+        thumbnails=not args.no_thumbnails,
+        cache=not args.no_cache,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(path)
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reporting.reproduce import DEFAULT_MODELS, reproduce
+
+    reproduce(
+        args.out,
+        args.data_dir,
+        args.models or DEFAULT_MODELS,
+        _report_config(args),
+        cache=not args.no_cache,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(Path(args.out) / "results.md")
+    return 0
+
+
 _COMMANDS = {
+    "report": _cmd_report,
+    "reproduce": _cmd_reproduce,
     "score": _cmd_score,
     "datasets": _cmd_datasets,
     "models": _cmd_models,
