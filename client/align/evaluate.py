@@ -341,7 +341,7 @@ def _run_concepts(X: np.ndarray, dataset: Any, opts: dict[str, Any]) -> Result:
             if len(labels) == np.shape(vice)[1]:
                 opts["labels"] = list(labels)
     func = METRICS["concepts"].load()
-    return func(X, _triplets(dataset), vice=np.asarray(vice), **opts)  # type: ignore[no-any-return]
+    return func(X, _triplets(dataset), vice=np.asarray(vice), **opts)
 
 
 def _run_rsa(X: np.ndarray, dataset: Any, opts: dict[str, Any]) -> Result:
