@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -218,6 +219,7 @@ class ImageModel(EmbeddingModel):
         self.module = module.eval().to(self.device)
         self._forward = forward
         self._named = named
+        self._lock = threading.Lock()
         self._cuda = self.device.type == "cuda"
         if self._cuda:
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -240,6 +242,12 @@ class ImageModel(EmbeddingModel):
                 )
 
     def _run(self, x: torch.Tensor, layers: tuple[str, ...]) -> dict[str, np.ndarray]:
+        # one forward at a time per model: hooks live on the shared module, so concurrent
+        # callers (e.g. threads of a Serve replica) must not see each other's activations
+        with self._lock:
+            return self._run_locked(x, layers)
+
+    def _run_locked(self, x: torch.Tensor, layers: tuple[str, ...]) -> dict[str, np.ndarray]:
         captured: dict[str, torch.Tensor] = {}
         handles = []
         modules = dict(self.module.named_modules())
