@@ -7,6 +7,7 @@
     align report MODEL... --out DIR                      HTML report for one or many models
     align reproduce [--out docs]                         the paper's experiment set
     align demo                                           real models on real human data
+    align serve [...]                                    the service stack (align_services)
 
 Tables for people, ``--json`` for programs. Errors print one line to stderr and exit 2.
 """
@@ -103,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_report_parsers(sub, data_dir_arg)
 
+    p = sub.add_parser(
+        "serve",
+        help="run the service stack here (Redis, Ray Serve, evaluation); needs align[serve]",
+        add_help=False,
+    )
+    p.add_argument("serve_args", nargs=argparse.REMAINDER, help="see `align serve --help`")
+
     p = sub.add_parser("demo", help="score real models on real human data")
     data_dir_arg(p)
     p.add_argument("--quick", action="store_true", help="skip the image models (text models only)")
@@ -112,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # everything after `serve` belongs to the stack's own parser
+        args = argparse.Namespace(command="serve", serve_args=argv[1:], debug=False)
+    else:
+        args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -376,6 +388,17 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from align_services.stack import main as serve_main
+    except ModuleNotFoundError as exc:
+        raise AlignError(
+            f"`align serve` needs the services package and its dependencies ({exc.name} is "
+            "missing): install with pip install -e '.[serve]' from the repository"
+        ) from None
+    return int(serve_main(list(args.serve_args)))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -466,6 +489,7 @@ _COMMANDS = {
     "models": _cmd_models,
     "probe": _cmd_probe,
     "demo": _cmd_demo,
+    "serve": _cmd_serve,
 }
 
 
