@@ -55,6 +55,15 @@ MOUNTS = [
     {"name": "dshm", "mountPath": "/dev/shm"},
 ]
 
+HEAD_PORTS = {
+    "gcs": 6379,
+    "dashboard": 8265,
+    "client": 10001,
+    "serve": 8000,
+    "grpc": 9000,
+    "metrics": 8080,
+}
+
 SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001}
 
 
@@ -78,10 +87,7 @@ def rayservice(serve_config_text: str, image: str, gpu_workers_max: int) -> dict
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "env": ENV,
-        "ports": _ports(
-            {"gcs": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "grpc": 9000,
-             "metrics": 8080}
-        ),  # fmt: skip
+        "ports": _ports(HEAD_PORTS),
         "resources": {
             "requests": {"cpu": "2", "memory": "8Gi"},
             "limits": {"cpu": "2", "memory": "8Gi"},
@@ -195,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = args.output.read_text() if args.output.exists() else ""
         if current != text:
-            print(
-                f"{args.output} is stale: run `python deploy/render_kuberay.py`", file=sys.stderr
-            )
+            print(f"{args.output} is stale: run `python deploy/render_kuberay.py`", file=sys.stderr)
             return 1
         return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
