@@ -37,9 +37,9 @@ def data_dir() -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads() -> None:
-    # 2 cores on CI: keep torch from oversubscribing them.
+    # 2 cores on CI, shared with Ray and Redis: one torch thread avoids oversubscription.
     try:
         import torch
     except ImportError:  # the science core runs without torch
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
