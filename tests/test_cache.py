@@ -225,3 +225,14 @@ def test_cache_false_writes_nothing(tmp_path: Path, tiny_dataset, monkeypatch) -
         make_model(counter), tiny_dataset, cache=False, n_bootstrap=0
     )
     assert not any(tmp_path.rglob("*.*"))
+
+
+def test_score_many_sweeps_layers_into_one_frame(tmp_path: Path, tiny_dataset) -> None:
+    counter = Counter()
+    model = make_model(counter)
+    frame = Client(backend=EmbeddedBackend()).score_many(
+        model, tiny_dataset, layers=["penultimate", "0"], cache=DiskCache(tmp_path), n_bootstrap=0
+    )
+    acc = frame[frame["value_name"] == "accuracy"]
+    assert list(acc["layer"]) == ["penultimate", "0"]
+    assert counter.images == 8  # both layers came from one pass over the images
