@@ -307,8 +307,17 @@ def test_score_end_to_end_through_the_compose_stack(compose_stack: Stack) -> Non
     # served embeddings come from Serve's batched replicas: equal up to float rounding
     for key in ("spearman", "pearson", "kendall_tau_a"):
         assert r[key] == pytest.approx(e[key], abs=1e-4), key
-    again = client.score(MODEL, DATASET, **OPTIONS)  # now from the cache (Redis)
-    assert again.metrics["rsa"]["spearman"] == r["spearman"]
+    again = client.score(MODEL, DATASET, **OPTIONS)  # now from the report cache
+    assert again.metrics["rsa"] == r
+    url = f"http://127.0.0.1:{compose_stack.port('evaluation', 9101)}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        page = reply.read().decode()
+    hits = [
+        float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith("align_cache_hits_total{") and 'kind="report"' in line
+    ]
+    assert sum(hits) >= 1, "the second identical score was not served from the cache"
 
 
 def test_dashboard_metrics_are_exported(compose_stack: Stack) -> None:
