@@ -1,0 +1,194 @@
+"""What a report row is made from: a network, a text model, a human reference embedding
+or a saved features file, and how each turns a dataset into feature matrices.
+
+Source ids accepted by ``align report`` / ``align reproduce``:
+
+- any model id (``timm/tf_efficientnet_lite0``, ``timm/tf_efficientnet_lite0@random``,
+  ``text/all-MiniLM-L6-v2``, ...): embedded with the library's engine and disk cache
+  (the same cache keys as ``align.score``), several layers in one pass;
+- ``reference/spose`` and ``reference/vice``: the human SPoSE (66-d) and VICE (42-d)
+  embeddings of the 1,854 THINGS objects (rows for any dataset whose stimuli are THINGS
+  objects: things, things48);
+- ``features:<file.npy>``: precomputed features with one row per THINGS object.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..digest import digest_array
+from ..errors import DataMissingError, InvalidInputError
+
+REFERENCES = {
+    "reference/spose": ("SPoSE 66-d (human)", "load_spose_embedding"),
+    "reference/vice": ("VICE 42-d (human)", "load_vice_embedding"),
+}
+#: Layers swept for EfficientNet-style timm models (early -> late).
+EFFICIENTNET_SWEEP = ("blocks.3", "blocks.5", "penultimate", "logits")
+
+
+@dataclass
+class Source:
+    """One row of a report. ``features(dataset, layers)`` -> {layer: (n, p)} or raises
+    :class:`DataMissingError` saying why the dataset does not apply."""
+
+    id: str
+    label: str
+    kind: str  # "network" | "text" | "reference" | "features"
+    control: bool = False
+    weights_digest: str = ""
+    description: str = ""
+    preprocessing: Any = None
+    sweep: tuple[str, ...] = ("penultimate",)
+    data_dir: str | Path | None = None
+    cache: Any = True
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_hits: dict[str, bool] = field(default_factory=dict)
+    _things_rows: np.ndarray | None = field(default=None, repr=False)
+    _backend: Any = field(default=None, repr=False)
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "kind": self.kind,
+            "control": self.control,
+            "weights_digest": self.weights_digest,
+            "description": self.description,
+            "preprocessing": self.preprocessing,
+        }
+
+    def features(self, dataset: Any, layers: tuple[str, ...]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        try:
+            return self._features(dataset, layers)
+        finally:
+            key = str(dataset.id)
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
+
+    def _features(self, dataset: Any, layers: tuple[str, ...]) -> dict[str, np.ndarray]:
+        if self.kind in ("reference", "features"):
+            rows = self._things_rows
+            assert rows is not None
+            idx = _things_index(dataset, self.data_dir)
+            self.cache_hits[str(dataset.id)] = True
+            return {"penultimate": rows[idx]}
+        if self.kind == "network" and dataset.image_paths is None:
+            raise DataMissingError(
+                f"{dataset.id} has no images (pass an image folder to use image models)"
+            )
+        if self.kind == "text" and not dataset.words:
+            raise DataMissingError(f"{dataset.id} has no words for a text model")
+        from ..api import EmbeddedBackend, _open_cache, _resolve_model
+
+        if self._backend is None:
+            self._backend = EmbeddedBackend(progress=False)
+        store = _open_cache(self.cache)
+        src = _resolve_model(self.id, layers[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # missing images are reported as n_dropped
+            out = self._backend.features(src, dataset, list(layers), store)
+        self.cache_hits[str(dataset.id)] = all(v[2] for v in out.values())
+        return {layer: np.asarray(v[0]) for layer, v in out.items()}
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+def _things_index(dataset: Any, data_dir: str | Path | None) -> np.ndarray:
+    """Rows of the 1,854 THINGS objects for the stimuli of ``dataset`` (THINGS objects)."""
+    from ..datasets import load_dataset
+
+    things = load_dataset("things", data_dir=data_dir)
+    pos = {sid: i for i, sid in enumerate(things.stimulus_ids)}
+    missing = [s for s in dataset.stimulus_ids if s not in pos]
+    if missing:
+        raise DataMissingError(
+            f"{dataset.id}: stimuli {missing[:3]} are not THINGS objects; a THINGS-only "
+            "embedding has no rows for them"
+        )
+    return np.array([pos[s] for s in dataset.stimulus_ids], dtype=np.int64)
+
+
+def resolve_source(
+    source_id: str,
+    data_dir: str | Path | None = None,
+    cache: Any = True,
+    layers: tuple[str, ...] | None = None,
+    label: str | None = None,
+) -> Source:
+    """A :class:`Source` for an id (module docstring); errors name the id."""
+    if not isinstance(source_id, str) or not source_id.strip():
+        raise InvalidInputError("model", f"is {source_id!r}", "a model id or reference/spose")
+    sid = source_id.strip()
+    if sid in REFERENCES:
+        from .. import datasets
+
+        name, loader = REFERENCES[sid]
+        rows = np.asarray(getattr(datasets, loader)(data_dir), dtype=np.float64)
+        return Source(
+            sid,
+            label or name,
+            "reference",
+            weights_digest=digest_array(rows),
+            description=f"{name}: human similarity embedding (reference row)",
+            data_dir=data_dir,
+            _things_rows=rows,
+        )
+    if sid.startswith("features:") or sid.lower().endswith(".npy"):
+        from ..api import load_features
+
+        path = Path(sid.removeprefix("features:")).expanduser()
+        X, _ = load_features(path)
+        if X.ndim != 2 or X.shape[0] != 1854:
+            raise InvalidInputError(
+                str(path), f"has shape {X.shape}", "(1854, p): one row per THINGS object"
+            )
+        return Source(
+            f"features:{path}",
+            label or path.stem,
+            "features",
+            weights_digest=digest_array(X),
+            description=f"precomputed THINGS features from {path}",
+            data_dir=data_dir,
+            _things_rows=np.asarray(X, dtype=np.float64),
+        )
+    from ..models import get_spec
+
+    spec = get_spec(sid)
+    kind = "text" if spec.modality == "text" else "network"
+    if layers is None:
+        arch = str(spec.architecture)
+        if spec.family == "timm" and "efficientnet" in arch:
+            layers = EFFICIENTNET_SWEEP
+        else:
+            layers = tuple(spec.layers)
+    if "penultimate" not in layers:
+        layers = ("penultimate", *layers)
+    short = sid.split("/", 1)[-1]
+    return Source(
+        sid,
+        label or short,
+        kind,
+        control=spec.weights.source == "random",
+        weights_digest=str(spec.digest),
+        description=str(getattr(spec, "description", "")),
+        preprocessing=_jsonable(getattr(spec, "preprocessing", None)),
+        sweep=tuple(layers),
+        data_dir=data_dir,
+        cache=cache,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    from ..results import to_jsonable
+
+    return to_jsonable(value)
