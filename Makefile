@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= $(abspath ../shared/data)
-DEB_PACKAGES := redis-server docker-compose
+DEB_PACKAGES := redis-server docker-compose chromium
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
