@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -266,16 +265,18 @@ def start_evaluation(stack: Stack, args: argparse.Namespace, config: dict[str, A
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stack = Stack()
-    stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        stop.set()
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    # SIGINT explicitly too: a background job of a script inherits SIGINT ignored.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         config = serve_config(args)
         start_redis(stack, args)
         start_serve(stack, args, config)
+        for sig in previous:  # ray.init installs its own SIGTERM handler: ours again
+            signal.signal(sig, on_signal)
         if not args.no_evaluation:
             start_evaluation(stack, args, config)
         width = max(len(k) for k in stack.endpoints)
@@ -283,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, where in stack.endpoints.items():
             print(f"  {name:<{width}}  {where}")
         sys.stdout.flush()
-        while not stop.wait(1.0):
+        while True:
+            time.sleep(1.0)
             for proc, what in (
                 (stack.eval_proc, "evaluation service"),
                 (stack.redis_proc, "redis-server"),
@@ -294,7 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         file=sys.stderr,
                     )
                     return 1
-        return 0
     except KeyboardInterrupt:
         return 0
     except (InvalidInputError, DataMissingError, RuntimeError) as e:
@@ -302,8 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         print("align serve: stopping", file=sys.stderr)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         stack.stop()
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from align.errors import (
     NotFoundError,
     ResourceLimitError,
 )
+from align.results import to_jsonable
 from align.v1 import align_pb2
 from align_services.evaluation.errors import EmbedderUnavailableError, describe, error_payload
 from ray import serve
@@ -417,6 +418,17 @@ class Embedder:
 # Ingress
 
 
+def _model_tag(model_id: str) -> str:
+    """A metric label for a model: its id when known, else one shared value (labels from
+    arbitrary client strings would grow the series without bound)."""
+    from align.models import get_spec
+
+    try:
+        return str(get_spec(model_id).id)
+    except Exception:
+        return "<unknown>"
+
+
 def _weights_available(spec: Any) -> bool:
     weights = spec.weights
     if weights.source in ("random",):
@@ -470,15 +482,15 @@ class EmbeddingIngress:
         self, request: align_pb2.EmbedRequest, grpc_context: Any = None
     ) -> align_pb2.EmbedResponse:
         start = time.perf_counter()
-        model_tag = request.model[:200]
         try:
             response = await self._embed(request)
         except Exception as e:  # every failure becomes a status, never a traceback
             code = self._set_error(grpc_context, e, "Embed")
+            model_tag = _model_tag(request.model)
             self._m_requests.inc(tags={"model": model_tag, "code": code.name})
             return align_pb2.EmbedResponse()
-        self._m_requests.inc(tags={"model": model_tag, "code": "OK"})
-        self._m_latency.observe(time.perf_counter() - start, tags={"model": model_tag})
+        self._m_requests.inc(tags={"model": response.model, "code": "OK"})
+        self._m_latency.observe(time.perf_counter() - start, tags={"model": response.model})
         return response
 
     async def ListModels(
@@ -501,6 +513,7 @@ class EmbeddingIngress:
                 layers=list(s.layers),
                 digest=s.digest,
                 weights_available=_weights_available(s),
+                preprocessing_json=json.dumps(to_jsonable(s.preprocessing)),
             )
             for s in specs
             if fnmatch.fnmatchcase(s.id, pattern)
@@ -587,11 +600,13 @@ class EmbeddingIngress:
         return align_pb2.EmbedResponse(
             data=features.tobytes(order="C"),
             shape=list(features.shape),
-            model_digest=spec.weights.sha256 or "",
+            # the weights' sha256; random/unhashed weights: the spec digest (as the
+            # evaluation service's in-process embedder reports it)
+            model_digest=spec.weights.sha256 or spec.digest,
             layer=layer,
             spec_digest=spec.digest,
             model=spec.id,
-            spec_json=json.dumps(asdict(spec), sort_keys=True, default=str),
+            spec_json=json.dumps(to_jsonable(spec), sort_keys=True),
             dtype="float32",
         )
 
@@ -709,10 +724,19 @@ class EmbeddingIngress:
             )
 
     def _dataset(self, name: str) -> Any:
+        if name.startswith("folder:"):
+            raise InvalidInputError(
+                "dataset",
+                f"{name!r} is a folder: the server does not read client paths",
+                "a registered dataset id, or the images themselves in 'images'",
+            )
         if name not in self._datasets:
             from align.datasets import load_dataset
 
-            self._datasets[name] = load_dataset(name, data_dir=self.data_dir)
+            dataset = load_dataset(name, data_dir=self.data_dir)
+            while len(self._datasets) >= 8:  # a few datasets; oldest out
+                self._datasets.pop(next(iter(self._datasets)))
+            self._datasets[name] = dataset
         return self._datasets[name]
 
     async def _call(self, handle: Any, model_id: str, work: Work) -> Outcome:

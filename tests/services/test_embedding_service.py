@@ -249,3 +249,28 @@ def test_replica_killed_mid_run_requests_complete_with_same_numbers(
         assert isinstance(out, np.ndarray), out
         assert np.array_equal(out, expected)
     assert _embedder_stats()["actor_name"] != victim  # Serve replaced the replica
+
+
+def test_custom_metrics_are_exported_to_prometheus(serve_embedding, data_dir) -> None:
+    import urllib.request
+
+    import ray
+
+    blobs = [p.read_bytes() for p in _things_images(data_dir, 2)]
+    _embed(serve_embedding, align_pb2.EmbedRequest(model=TINY, images=blobs))
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    wanted = {
+        "ray_align_embeddings_computed",
+        "ray_align_embed_batch_stimuli_bucket",
+        "ray_align_embed_requests",
+        "ray_align_embed_request_seconds_bucket",
+    }
+    seen: set[str] = set()
+    deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
+    while time.monotonic() < deadline and not wanted <= seen:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+        seen = {w for w in wanted if w in names or f"{w}_total" in names}
+        time.sleep(2)
+    assert seen == wanted

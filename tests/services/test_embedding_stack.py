@@ -1,0 +1,55 @@
+"""``align serve`` (align_services.stack): configuration and input errors, without
+starting Ray (the running stack is exercised by the Serve fixture and by hand)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+pytest.importorskip("ray.serve", reason="ray[serve] is not installed (extra 'serve')")
+pytest.importorskip("redis", reason="redis-py is not installed (extra 'serve')")
+
+from align.errors import InvalidInputError
+from align_services import stack
+from align_services.embedding import deploy
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when the block ends
+
+
+def _deployment(config: dict, name: str) -> dict:
+    return next(d for d in deploy.application(config)["deployments"] if d["name"] == name)
+
+
+def test_gpu_flag_gives_each_family_replica_one_gpu() -> None:
+    args = stack.build_parser().parse_args(["--gpu", "--grpc-port", "9100"])
+    config = stack.serve_config(args)
+    for name in ("TimmEmbedder", "OpenClipEmbedder", "TextEmbedder"):
+        assert _deployment(config, name)["ray_actor_options"]["num_gpus"] == 1
+    assert _deployment(config, "EmbeddingIngress")["ray_actor_options"].get("num_gpus", 0) == 0
+    assert config["grpc_options"]["port"] == 9100
+
+
+def test_without_gpu_flag_the_config_file_decides(monkeypatch) -> None:
+    monkeypatch.delenv("ALIGN_DATA_DIR", raising=False)  # else passed on as an app arg
+    config = stack.serve_config(stack.build_parser().parse_args([]))
+    assert config == deploy.override(deploy.load_config(), http_host="127.0.0.1")
+
+
+def test_unreachable_redis_url_is_named() -> None:
+    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    args = stack.build_parser().parse_args(["--redis-url", url])
+    with pytest.raises(InvalidInputError) as info:
+        stack.start_redis(stack.Stack(), args)
+    assert info.value.field == "--redis-url"
+    assert url in str(info.value)
+
+
+def test_missing_config_file_exits_2_naming_it(tmp_path, capsys) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert stack.main(["--config", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
