@@ -239,6 +239,7 @@ class Embedder:
             return await self._load(model_id)
 
         # An instance-level multiplexed loader so that the LRU size comes from the config.
+        self._load_fn = load
         self.get_model = serve.multiplexed(max_num_models_per_replica=int(max_models_per_replica))(
             load
         )
@@ -294,8 +295,11 @@ class Embedder:
         """This replica's counters (for tests and debugging; Prometheus has the same)."""
         import ray
 
+        wrapper = getattr(self._load_fn, "__serve_multiplex_wrapper", None)
+        loaded = list(getattr(wrapper, "models", {}))  # least recently used first
         return {
             **self._stats,
+            "loaded_models": loaded,
             "family": self.family,
             "device": self.device,
             "actor_name": ray.get_runtime_context().get_actor_name(),

@@ -74,6 +74,12 @@ def _in_process(model_id: str, stimuli: list[Any], layer: str = "penultimate") -
         torch.set_num_threads(threads)
 
 
+def deploy_args(serve_embedding: Any) -> dict[str, Any]:
+    from align_services.embedding import deploy
+
+    return dict(deploy.application(serve_embedding.config)["args"])
+
+
 def _embedder_stats() -> dict[str, Any]:
     from ray import serve
 
@@ -274,3 +280,14 @@ def test_custom_metrics_are_exported_to_prometheus(serve_embedding, data_dir) ->
         seen = {w for w in wanted if w in names or f"{w}_total" in names}
         time.sleep(2)
     assert seen == wanted
+
+
+def test_each_replica_keeps_an_lru_set_of_models(serve_embedding, data_dir) -> None:
+    limit = deploy_args(serve_embedding)["max_models_per_replica"]
+    models = [f"timm/{arch}@random" for arch in ("test_resnet", "test_convnext", "test_vit")]
+    models = models[: limit + 1]
+    blob = _things_images(data_dir, 1)[0].read_bytes()
+    for model in models:
+        _embed(serve_embedding, align_pb2.EmbedRequest(model=model, images=[blob]))
+    loaded = _embedder_stats()["loaded_models"]
+    assert loaded == models[1:]  # the least recently used one was unloaded
