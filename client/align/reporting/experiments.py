@@ -159,6 +159,7 @@ def run_source(source: Source, ctx: Context, cfg: ReportConfig) -> tuple[dict[st
     t_start = time.perf_counter()
     boot: dict[str, Any] = {"n_bootstrap": cfg.n_bootstrap, "seed": cfg.seed}
     things = ctx.datasets["things"]
+    source.things_ids = tuple(things.stimulus_ids)
     out: dict[str, Any] = {"source": source.provenance(), "things": {}, "rsa": {}}
     arrays: dict[str, Any] = {"rdms": {}}
     layers = source.sweep if source.kind in ("network", "text") else ("penultimate",)

@@ -252,7 +252,7 @@ def transfer(results: Sequence[dict[str, Any]], out_dir: Path, prov: dict) -> Pa
         ax.set_ylabel("Spearman(model RDM, human RDM)")
         ax.set_title(f"Transfer of THINGS probes to {name}")
         ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.0)
-    axes[0][0].legend(fontsize=7, loc="upper left")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save(fig, out_dir / "transfer.png", prov)
 
 

@@ -51,6 +51,7 @@ class Source:
     timings: dict[str, float] = field(default_factory=dict)
     cache_hits: dict[str, bool] = field(default_factory=dict)
     _things_rows: np.ndarray | None = field(default=None, repr=False)
+    things_ids: tuple[str, ...] | None = field(default=None, repr=False)
     _backend: Any = field(default=None, repr=False)
 
     def provenance(self) -> dict[str, Any]:
@@ -76,7 +77,11 @@ class Source:
         if self.kind in ("reference", "features"):
             rows = self._things_rows
             assert rows is not None
-            idx = _things_index(dataset, self.data_dir)
+            if self.things_ids is None:
+                from ..datasets import load_dataset
+
+                self.things_ids = tuple(load_dataset("things", self.data_dir).stimulus_ids)
+            idx = _things_index(dataset, self.things_ids)
             self.cache_hits[str(dataset.id)] = True
             return {"penultimate": rows[idx]}
         if self.kind == "network" and dataset.image_paths is None:
@@ -103,12 +108,9 @@ class Source:
             self._backend = None
 
 
-def _things_index(dataset: Any, data_dir: str | Path | None) -> np.ndarray:
+def _things_index(dataset: Any, things_ids: tuple[str, ...]) -> np.ndarray:
     """Rows of the 1,854 THINGS objects for the stimuli of ``dataset`` (THINGS objects)."""
-    from ..datasets import load_dataset
-
-    things = load_dataset("things", data_dir=data_dir)
-    pos = {sid: i for i, sid in enumerate(things.stimulus_ids)}
+    pos = {sid: i for i, sid in enumerate(things_ids)}
     missing = [s for s in dataset.stimulus_ids if s not in pos]
     if missing:
         raise DataMissingError(
