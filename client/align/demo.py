@@ -65,8 +65,14 @@ def summarise(report: Any, metric: str) -> Row:
         if d.get("ceiling") is not None:
             row.ceiling = f"{d['ceiling']:.3f}"
         row.normalized = d.get("normalized")
-        row.n = f"{d.get('n_triplets', '')} triplets" if d.get("n_triplets") else ""
+        row.n = f"{d.get('n_triplets', '')} resp." if d.get("n_triplets") else ""
         if metric == "probe":
+            folds = d.get("folds") or []
+            held_out = sum(int(f.get("n_test", 0)) for f in folds if isinstance(f, dict))
+            row.n = f"{held_out} held-out" if held_out else row.n
+            zero_shot = report.metrics.get("odd_one_out") or {}
+            if zero_shot.get("ceiling") is not None:
+                row.ceiling = f"{zero_shot['ceiling']:.3f}"
             row.note = f"λ={d.get('lambda')}, CE={_num(d.get('cross_entropy'))}; " + PROBE_NOTE
     elif metric == "rsa":
         row.score = d.get("spearman", d.get("score"))
@@ -87,7 +93,7 @@ def summarise(report: Any, metric: str) -> Row:
         coverage = d.get("coverage")
         row.n = f"{pairs} pairs" if pairs else ""
         if coverage is not None:
-            row.n += f" ({100 * float(coverage):.0f}% covered)"
+            row.n += f", {100 * float(coverage):.0f}% cov."
     return row
 
 
@@ -107,7 +113,8 @@ def run_demo(data_dir: str | Path | None = None, quick: bool = False, as_json: b
     from . import api
     from .datasets import list_datasets
 
-    console = Console(stderr=as_json)
+    # piped output (a log, CI) gets a wide table instead of rich's 80-column default
+    console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 150)
     client = api.Client(backend=api.EmbeddedBackend(progress=True))
     rows: list[Row] = []
     skipped: list[str] = []
@@ -142,7 +149,7 @@ def run_demo(data_dir: str | Path | None = None, quick: bool = False, as_json: b
         from .datasets import load_spose_embedding
 
         spose = load_spose_embedding(data_dir)
-        attempt("SPoSE 66-d (human, reference)", spose, "things", ["odd_one_out"], similarity="dot")
+        attempt("SPoSE 66-d (human ref.)", spose, "things", ["odd_one_out"], similarity="dot")
     except AlignError as exc:
         skipped.append(f"SPoSE reference: {exc}")
     except ImportError:  # pragma: no cover - datasets without the SPoSE loader
@@ -185,7 +192,12 @@ def _row_dict(row: Row) -> dict[str, Any]:
 def _print_table(console: Any, rows: list[Row], skipped: list[str]) -> None:
     from rich.table import Table
 
-    table = Table(title="Human alignment (higher is better; chance and human ceiling beside)")
+    from rich import box
+
+    table = Table(
+        title="Human alignment (higher is better; chance and human ceiling beside)",
+        box=box.SIMPLE_HEAD,
+    )
     for col, justify in (
         ("model", "left"),
         ("dataset", "left"),
@@ -196,9 +208,9 @@ def _print_table(console: Any, rows: list[Row], skipped: list[str]) -> None:
         ("human ceiling", "right"),
         ("normalized", "right"),
         ("n", "right"),
-        ("s", "right"),
+        ("time", "right"),
     ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        table.add_column(col, justify=justify, no_wrap=col in ("score", "95% CI", "chance"))  # type: ignore[arg-type]
     for r in rows:
         table.add_row(
             r.model,
@@ -210,7 +222,7 @@ def _print_table(console: Any, rows: list[Row], skipped: list[str]) -> None:
             r.ceiling,
             _num(r.normalized),
             r.n,
-            f"{r.seconds:.1f}",
+            f"{r.seconds:.0f} s",
         )
     console.print(table)
     for r in rows:
