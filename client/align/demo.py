@@ -190,9 +190,8 @@ def _row_dict(row: Row) -> dict[str, Any]:
 
 
 def _print_table(console: Any, rows: list[Row], skipped: list[str]) -> None:
-    from rich.table import Table
-
     from rich import box
+    from rich.table import Table
 
     table = Table(
         title="Human alignment (higher is better; chance and human ceiling beside)",
