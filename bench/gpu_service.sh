@@ -9,7 +9,10 @@
 #      8 concurrent clients, and embedding throughput in-process vs through the service
 #      (timm/tf_efficientnet_lite0 on THINGS images, 1,853 real images)
 #   3. the same through Ray Serve's gRPC proxy (embedder grpc://127.0.0.1:9000) when Ray
-#      and deploy/serve_config.yaml are there: starts Serve, benchmarks, shuts it down
+#      and deploy/serve_config.yaml are there: starts Ray with ALIGN_DEVICE=gpu (cpu
+#      without CUDA), so the app builder gives the family replicas the config's `gpu`
+#      resources preset; records where the TimmEmbedder replica runs (serve_replica.json,
+#      fails the step unless "cuda" with CUDA), benchmarks, shuts Serve and Ray down
 # Needs: a Python env with the project installed (.venv, or PYTHON=...), real data in
 # ALIGN_DATA_DIR (default ../shared/data), redis-server on PATH (else runs without Redis).
 # Nothing is downloaded: HF_HUB_OFFLINE=1.
@@ -56,9 +59,12 @@ log "step 2 exit $? ; table:"
 grep -v '^{"ts' "$OUT_DIR/service_local.log" | tail -8 | tee -a "$OUT_DIR/summary.txt"
 
 if "$PY" -c "import ray.serve" 2>/dev/null && [ -f deploy/serve_config.yaml ]; then
-  log "step 3: Ray Serve embedding app (gRPC proxy :9000)"
-  timeout 120 "$PY" -m ray.scripts.scripts start --head --disable-usage-stats \
-    > "$OUT_DIR/ray_start.log" 2>&1
+  SERVE_DEVICE=gpu
+  [ "$DEVICE" = cuda ] || SERVE_DEVICE=cpu
+  log "step 3: Ray Serve embedding app (gRPC proxy :9000), ALIGN_DEVICE=$SERVE_DEVICE"
+  # Ray's workers (the app builder among them) inherit the env of `ray start`
+  ALIGN_DEVICE="$SERVE_DEVICE" timeout 120 "$PY" -m ray.scripts.scripts start --head \
+    --disable-usage-stats > "$OUT_DIR/ray_start.log" 2>&1
   timeout 180 "$PY" -m ray.serve.scripts deploy deploy/serve_config.yaml \
     > "$OUT_DIR/serve_deploy.log" 2>&1 || \
     timeout 180 serve deploy deploy/serve_config.yaml >> "$OUT_DIR/serve_deploy.log" 2>&1
@@ -67,6 +73,22 @@ if "$PY" -c "import ray.serve" 2>/dev/null && [ -f deploy/serve_config.yaml ]; t
     sleep 2
   done
   serve status > "$OUT_DIR/serve_status.txt" 2>&1
+  timeout 120 "$PY" - "$DEVICE" > "$OUT_DIR/serve_replica.json" 2> "$OUT_DIR/serve_replica.log" <<'PYEOF'
+import json, sys
+import ray
+from ray import serve
+ray.init(address="auto", logging_level="ERROR")
+stats = serve.get_deployment_handle("TimmEmbedder", "embedding").stats.remote().result(
+    timeout_s=90)
+out = {"expected": sys.argv[1], "device": stats["device"], "actor": stats["actor_name"],
+       "cluster_gpus": ray.cluster_resources().get("GPU", 0),
+       "free_gpus": ray.available_resources().get("GPU", 0)}
+print(json.dumps(out))
+sys.exit(0 if out["device"] == sys.argv[1] else 1)
+PYEOF
+  rc=$?
+  log "step 3 replica device check exit $rc (0: TimmEmbedder runs on $DEVICE):" \
+    "$(cat "$OUT_DIR/serve_replica.json")"
   timeout "$STEP_LIMIT" "$PY" -m bench service --embedding --embedder grpc://127.0.0.1:9000 \
     --model "$MODEL" --dataset "$DATASET" --repeats 100 --per-client 20 --workers 4 \
     "${REDIS_ARGS[@]}" --json "$OUT_DIR/service_ray.json" > "$OUT_DIR/service_ray.log" 2>&1

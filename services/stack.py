@@ -3,7 +3,8 @@
 1. Redis: ``--redis-url`` (checked with a PING), or a local ``redis-server`` started
    here (no persistence) on ``--redis-port``.
 2. Ray (local) and the Ray Serve application ``embedding`` from deploy/serve_config.yaml
-   (the same file ``serve deploy`` uses; only ports and resources may be overridden).
+   (the same file ``serve deploy`` uses; only ports, the data folder and, with ``--gpu``,
+   the replicas' device (app arg ``device: gpu``) are overridden).
 3. The evaluation service (``python -m align_services.evaluation``) pointed at the
    embedding application and Redis.
 
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpu",
         action="store_true",
-        help="give each family replica one GPU (num_gpus: 1) instead of CPU shares",
+        help="family replicas on the GPU: app arg device=gpu (the config's gpu resources "
+        "preset); default: the config's device (auto: GPU when Ray has one)",
     )
     p.add_argument("--data-dir", help="human data folder (default $ALIGN_DATA_DIR)")
     p.add_argument("--no-evaluation", action="store_true", help="only Redis + Ray Serve")
@@ -191,12 +193,21 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
 
 def serve_config(args: argparse.Namespace) -> dict[str, Any]:
     from align_services.embedding import deploy
+    from align_services.embedding.app import DEVICE_ENV, replica_resources
 
     config = deploy.load_config(args.config)
-    gpu = {"ray_actor_options": {"num_gpus": 1, "num_cpus": 1}} if args.gpu else {}
-    families = ("TimmEmbedder", "OpenClipEmbedder", "TextEmbedder")
-    names = {d.get("name") for d in deploy.application(config).get("deployments", [])}
     app_args: dict[str, Any] = {}
+    if args.gpu:
+        # the app builder's own device choice; ALIGN_DEVICE (inherited by Ray) would win
+        app_args["device"] = "gpu"
+        config_args = deploy.application(config).get("args") or {}
+        device, _ = replica_resources({**config_args, **app_args}, cluster_gpus=lambda: 0)
+        if device != "gpu":
+            raise InvalidInputError(
+                "--gpu",
+                f"conflicts with {DEVICE_ENV}={os.environ.get(DEVICE_ENV)!r} in the environment",
+                f"no --gpu, or {DEVICE_ENV} unset or gpu",
+            )
     data_dir = args.data_dir or os.environ.get("ALIGN_DATA_DIR")
     if data_dir:
         app_args["data_dir"] = str(Path(data_dir).resolve())
@@ -206,7 +217,6 @@ def serve_config(args: argparse.Namespace) -> dict[str, Any]:
         http_port=args.http_port,
         http_host=args.host,
         app_args=app_args,
-        deployments={n: gpu for n in families if n in names and gpu},
     )
 
 

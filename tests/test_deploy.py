@@ -152,12 +152,15 @@ def test_docker_compose_config_accepts_the_file(override: Path | None) -> None:
         .get("reservations", {})
         .get("devices", [])
     )
+    device = environment(resolved["services"]["ray-head"]).get("ALIGN_DEVICE")
     if override:
         assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
         assert resolved["services"]["ray-head"]["image"].endswith("-cuda")
+        assert device == "gpu"  # the app builder gives the replicas the gpu preset
     else:
         assert devices == []
         assert resolved["services"]["ray-head"]["image"].endswith("-cpu")
+        assert device is None  # the config's device (auto: cpu without GPUs)
 
 
 def test_docker_compose_config_names_the_missing_token() -> None:
@@ -362,6 +365,39 @@ def test_kuberay_rayservice_head_and_gpu_worker_group() -> None:
     for pod in (head["template"]["spec"], group["template"]["spec"]):
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
+
+
+def test_kuberay_family_replicas_ask_for_a_gpu_so_the_gpu_group_scales_from_zero() -> None:
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed (extra 'serve')")
+    from align_services.embedding.app import FAMILY_DEPLOYMENTS, replica_resources
+
+    cluster = _docs()[("RayService", "align-embedding")]["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]
+    (group,) = cluster["workerGroupSpecs"]
+    (head_c,) = _containers(head["template"]["spec"])
+    (worker,) = _containers(group["template"]["spec"])
+    serve_config = yaml.safe_load(
+        _docs()[("RayService", "align-embedding")]["spec"]["serveConfigV2"]
+    )
+    (app,) = serve_config["applications"]
+    families = set(FAMILY_DEPLOYMENTS.values())
+    assert not any("ray_actor_options" in d for d in app["deployments"] if d["name"] in families)
+    assert group["minReplicas"] == 0  # no GPU node until replicas ask for one
+    assert head["rayStartParams"]["num-cpus"] == "0"  # replicas never fit on the head
+    # the app builder may run on the head or a worker: both pods pick gpu, even before
+    # the cluster has any GPU (a GPU-less cluster with `auto` would choose cpu)
+    for c in (head_c, worker):
+        env = {e["name"]: e["value"] for e in c["env"]}
+        device, options = replica_resources(app["args"], env, cluster_gpus=lambda: 0)
+        assert device == "gpu", c["name"]
+    # a replica's demand fits a GPU worker (so the autoscaler adds one for it), and all
+    # of them fit one worker together
+    gpus_per_worker = int(worker["resources"]["limits"]["nvidia.com/gpu"])
+    cpus_per_worker = float(worker["resources"]["limits"]["cpu"])
+    assert 0 < options["num_gpus"] * len(families) <= gpus_per_worker
+    ingress = next(d for d in app["deployments"] if d["name"] == "EmbeddingIngress")
+    per_worker = options["num_cpus"] * len(families) + ingress["ray_actor_options"]["num_cpus"]
+    assert per_worker <= cpus_per_worker
 
 
 def test_kuberay_evaluation_and_redis_manifests() -> None:

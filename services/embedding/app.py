@@ -13,8 +13,9 @@ embedded library's own):
     One deployment per model family (the same class bound three times). Each replica
     keeps an LRU set of loaded models (``@serve.multiplexed``) and merges concurrent
     requests for one model into one forward batch (``@serve.batch``; batches are split
-    by model id by Serve). Asks for ``num_gpus`` when deploy/serve_config.yaml says so
-    and then runs on CUDA; otherwise CPU with fractional ``num_cpus``.
+    by model id by Serve). Their ``ray_actor_options`` come from :func:`build_app`: the
+    ``resources`` preset of the chosen device (``args.device``, overridden by the env var
+    ``ALIGN_DEVICE``; see :func:`replica_resources`). A replica given a GPU runs on CUDA.
 
 Deploy with ``serve deploy deploy/serve_config.yaml`` / ``serve run
 deploy/serve_config.yaml`` or ``align serve``; ``app`` is the default application.
@@ -29,8 +30,9 @@ import asyncio
 import fnmatch
 import json
 import logging
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,75 @@ METRIC_NAMES = {
 
 # ----------------------------------------------------------------------------------------
 # Configuration
+
+#: Env var that overrides ``args.device`` (set on GPU hosts: compose.gpu.yml, KubeRay pods).
+DEVICE_ENV = "ALIGN_DEVICE"
+DEVICES = ("auto", "cpu", "gpu")
+#: ``ray_actor_options`` of every family replica, by device (``args.resources`` replaces
+#: a device's preset as a whole). A GPU fraction: the three families share one GPU.
+DEFAULT_RESOURCES: dict[str, dict[str, Any]] = {
+    "cpu": {"num_cpus": 1},
+    "gpu": {"num_cpus": 1, "num_gpus": 0.25},
+}
+
+
+def _device(value: Any, where: str) -> str:
+    name = str(value).strip().lower()
+    if name == "cuda" or name.startswith("cuda:"):  # ALIGN_DEVICE as a torch device
+        return "gpu"
+    if name not in DEVICES:
+        raise InvalidInputError(where, f"is {value!r}", "auto, cpu or gpu (or cuda)")
+    return name
+
+
+def _cluster_gpus() -> float:
+    """GPUs of the connected Ray cluster now (0 when this process is not in Ray)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
+
+
+def replica_resources(
+    args: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    cluster_gpus: Callable[[], float] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The device of the family replicas (``"cpu"`` or ``"gpu"``) and their
+    ``ray_actor_options``.
+
+    The device: ``environ["ALIGN_DEVICE"]`` when set (non-empty), else ``args["device"]``
+    (default ``auto``); ``cuda``/``cuda:N`` mean ``gpu``; ``auto`` is ``gpu`` when
+    ``cluster_gpus()`` (default: the connected Ray cluster's, at build time) is > 0,
+    else ``cpu``. The options: ``args["resources"][device]``, else
+    :data:`DEFAULT_RESOURCES`. A GPU preset must ask for ``num_gpus`` > 0 (that request
+    also makes Ray's autoscaler add GPU nodes); a CPU preset must not.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get(DEVICE_ENV, "").strip():
+        device = _device(environ[DEVICE_ENV], DEVICE_ENV)
+    else:
+        device = _device(args.get("device", "auto"), "args.device")
+    if device == "auto":
+        device = "gpu" if (cluster_gpus or _cluster_gpus)() > 0 else "cpu"
+    presets = args.get("resources") or {}
+    if not isinstance(presets, Mapping) or set(presets) - {"cpu", "gpu"}:
+        raise InvalidInputError(
+            "args.resources", f"is {presets!r}", "a mapping {cpu: {...}, gpu: {...}}"
+        )
+    options = presets.get(device, DEFAULT_RESOURCES[device])
+    where = f"args.resources.{device}"
+    if not isinstance(options, Mapping):
+        raise InvalidInputError(where, f"is {options!r}", "ray_actor_options (a mapping)")
+    for key in ("num_cpus", "num_gpus"):
+        value = options.get(key, 0)
+        if not isinstance(value, int | float) or value < 0:
+            raise InvalidInputError(f"{where}.{key}", f"is {value!r}", "a number >= 0")
+    gpus = options.get("num_gpus", 0)
+    if device == "gpu" and not gpus > 0:
+        raise InvalidInputError(f"{where}.num_gpus", f"is {gpus}", "> 0 on the gpu device")
+    if device == "cpu" and gpus > 0:
+        raise InvalidInputError(f"{where}.num_gpus", f"is {gpus}", "0 on the cpu device")
+    return device, dict(options)
 
 
 @dataclass(frozen=True)
@@ -772,10 +843,18 @@ def build_app(args: Mapping[str, Any] | None = None) -> Any:
     ``args`` (the ``args`` of the application in deploy/serve_config.yaml):
     ``families`` (default all: timm, open_clip, text), ``max_models_per_replica``
     (LRU size, default 2), ``limits`` ({max_stimuli_per_request, max_request_bytes}),
-    ``retries`` (default 3), ``data_dir`` (default: ALIGN_DATA_DIR / ../shared/data).
+    ``retries`` (default 3), ``data_dir`` (default: ALIGN_DATA_DIR / ../shared/data),
+    ``device`` (auto|cpu|gpu, default auto; env ALIGN_DEVICE wins) and ``resources``
+    ({cpu: ray_actor_options, gpu: ray_actor_options}): see :func:`replica_resources`.
+
+    Runs where Serve builds the application (a Ray task on the cluster, with the env of
+    the node's raylet plus the application's runtime_env). A family deployment that has
+    ``ray_actor_options`` in the config file gets those instead, as a whole (Serve).
     """
     args = dict(args or {})
     known = {
+        "device",
+        "resources",
         "families",
         "max_models_per_replica",
         "limits",
@@ -791,11 +870,20 @@ def build_app(args: Mapping[str, Any] | None = None) -> Any:
         if fam not in FAMILY_DEPLOYMENTS:
             raise NotFoundError("model family", str(fam), FAMILY_DEPLOYMENTS)
     max_models = int(args.get("max_models_per_replica", 2))
+    device, actor_options = replica_resources(args)
+    if device == "gpu" and _cluster_gpus() == 0:
+        logger.warning(
+            "embedding: family replicas ask for GPUs (%s) but the Ray cluster has none yet; "
+            "they start once the autoscaler adds a GPU node",
+            actor_options,
+        )
     embedders: dict[str, Any] = {}
     for fam in families:
         name = FAMILY_DEPLOYMENTS[fam]
         if name not in embedders:
-            embedders[name] = Embedder.options(name=name).bind(fam, max_models)  # type: ignore[attr-defined]
+            embedders[name] = Embedder.options(  # type: ignore[attr-defined]
+                name=name, ray_actor_options=dict(actor_options)
+            ).bind(fam, max_models)
     Limits.from_mapping(args.get("limits"))  # fail at build time, not per request
     return EmbeddingIngress.bind(  # type: ignore[attr-defined]
         embedders,

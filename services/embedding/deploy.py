@@ -2,8 +2,9 @@
 
 The same path ``serve run deploy/serve_config.yaml`` takes (start Serve with the config's
 HTTP/gRPC options, then apply the config), so that ``align serve``, the test fixture and
-the benchmark all run exactly the deployed configuration; they may only override ports
-and resources (a laptop or CI box has fewer CPUs than a server).
+the benchmark all run exactly the deployed configuration; they may only override ports,
+application args (e.g. the replicas' ``device``) and resources (a laptop or CI box has
+fewer CPUs than a server).
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def override(
 ) -> dict[str, Any]:
     """A copy of ``config`` with ports, application args and per-deployment options
     replaced. ``deployments`` maps a deployment name to keys merged into its entry
-    (``ray_actor_options`` and ``user_config`` are merged key by key)."""
+    (``ray_actor_options`` and ``user_config`` are merged key by key). Serve uses a
+    config entry's ``ray_actor_options`` as a whole instead of the code's, so giving them
+    to a family deployment replaces the device preset of ``build_app`` (for a device,
+    override ``app_args={"device": ...}`` or ``{"resources": ...}`` instead)."""
     out = copy.deepcopy(dict(config))
     if grpc_port is not None:
         out.setdefault("grpc_options", {})["port"] = int(grpc_port)

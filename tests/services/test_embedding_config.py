@@ -74,7 +74,7 @@ def test_override_changes_only_what_it_names() -> None:
     assert raw == before  # the input is not modified
     assert out["grpc_options"]["port"] == 1234
     timm = next(d for d in deploy.application(out)["deployments"] if d["name"] == "TimmEmbedder")
-    assert timm["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0}
+    assert timm["ray_actor_options"] == {"num_cpus": 0.25}
     assert out["http_options"] == raw["http_options"]
 
 
@@ -101,3 +101,113 @@ def test_broken_yaml_names_file_and_line(tmp_path) -> None:
     bad.write_text("applications:\n  - name: embedding\n    args: [unclosed\n")
     with pytest.raises(InvalidInputError, match=r"serve\.yaml, line \d+"):
         deploy.load_config(bad)
+
+
+# ----------------------------------------------------------------------------------------
+# Device of the family replicas: args.device / ALIGN_DEVICE -> args.resources[device]
+
+FAMILIES = {"TimmEmbedder", "OpenClipEmbedder", "TextEmbedder"}
+
+
+def _app_args() -> dict:
+    return deploy.application(_raw_config())["args"]
+
+
+def _no_cluster_query() -> float:
+    raise AssertionError("the cluster is queried only for device: auto")
+
+
+def test_align_device_gpu_selects_the_configured_gpu_preset() -> None:
+    args = _app_args()
+    device, options = app_module.replica_resources(
+        args, environ={"ALIGN_DEVICE": "gpu"}, cluster_gpus=_no_cluster_query
+    )
+    assert device == "gpu"
+    assert options == args["resources"]["gpu"]
+    assert options["num_gpus"] > 0  # what puts a replica on a GPU (and scales GPU nodes)
+
+
+@pytest.mark.parametrize("env", [{}, {"ALIGN_DEVICE": ""}, {"ALIGN_DEVICE": "cpu"}])
+def test_without_align_device_gpu_and_without_gpus_the_cpu_preset(env: dict) -> None:
+    args = _app_args()
+    device, options = app_module.replica_resources(args, environ=env, cluster_gpus=lambda: 0)
+    assert device == "cpu"
+    assert options == args["resources"]["cpu"]
+    assert options.get("num_gpus", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("arg", "env", "cluster_gpus", "expected"),
+    [
+        ("auto", None, 0.0, "cpu"),
+        ("auto", None, 2.0, "gpu"),  # auto: the cluster's GPUs at build time
+        ("gpu", None, 0.0, "gpu"),  # explicit gpu: the autoscaler adds GPU nodes
+        ("cpu", None, 8.0, "cpu"),
+        ("cpu", "gpu", 0.0, "gpu"),  # the env var wins over args.device
+        ("gpu", "cpu", 8.0, "cpu"),
+        ("cpu", "cuda:1", 0.0, "gpu"),  # ALIGN_DEVICE as a torch device
+        ("auto", "auto", 1.0, "gpu"),
+    ],
+)
+def test_device_choice(arg: str, env: str | None, cluster_gpus: float, expected: str) -> None:
+    args = {**_app_args(), "device": arg}
+    environ = {} if env is None else {"ALIGN_DEVICE": env}
+    device, _ = app_module.replica_resources(args, environ, cluster_gpus=lambda: cluster_gpus)
+    assert device == expected
+
+
+GPU = {"ALIGN_DEVICE": "gpu"}
+NEG_CPUS = {"gpu": {"num_gpus": 1, "num_cpus": -1}}
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "field"),
+    [
+        ({}, {"ALIGN_DEVICE": "tpu"}, "ALIGN_DEVICE"),
+        ({"device": "GPUs"}, {}, "args.device"),
+        ({"resources": {"gpu": {"num_gpus": 0}}}, GPU, "args.resources.gpu.num_gpus"),
+        ({"resources": {"cpu": {"num_gpus": 1}}}, {}, "args.resources.cpu.num_gpus"),
+        ({"resources": NEG_CPUS}, GPU, "args.resources.gpu.num_cpus"),
+        ({"resources": {"tpu": {}}}, {}, "args.resources"),
+    ],
+)  # fmt: skip
+def test_bad_device_settings_name_the_field(args: dict, env: dict, field: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        app_module.replica_resources(args, environ=env, cluster_gpus=lambda: 0)
+    assert info.value.field == field
+
+
+def test_config_family_deployments_leave_ray_actor_options_to_the_builder() -> None:
+    # Serve uses a config entry's ray_actor_options as a whole instead of the code's:
+    # a family entry with them would pin the device and bypass the preset.
+    for entry in deploy.application(_raw_config())["deployments"]:
+        if entry["name"] in FAMILIES:
+            assert "ray_actor_options" not in entry, entry["name"]
+
+
+def _built_actor_options(args: dict) -> dict[str, dict]:
+    from ray.serve._private.build_app import build_app
+
+    built = build_app(app_module.build_app(args), name="embedding")
+    return {d.name: dict(d.ray_actor_options or {}) for d in built.deployments}
+
+
+def test_build_app_gives_each_family_the_gpu_preset_under_align_device_gpu(monkeypatch) -> None:
+    monkeypatch.setenv("ALIGN_DEVICE", "gpu")
+    monkeypatch.setattr(app_module, "_cluster_gpus", lambda: 0.0)  # GPU nodes come later
+    args = _app_args()
+    options = _built_actor_options(args)
+    for name in FAMILIES:
+        assert options[name]["num_gpus"] == args["resources"]["gpu"]["num_gpus"], name
+        assert options[name]["num_cpus"] == args["resources"]["gpu"]["num_cpus"], name
+    assert options["EmbeddingIngress"].get("num_gpus", 0) == 0
+
+
+def test_build_app_gives_each_family_the_cpu_preset_without_gpus(monkeypatch) -> None:
+    monkeypatch.delenv("ALIGN_DEVICE", raising=False)
+    monkeypatch.setattr(app_module, "_cluster_gpus", lambda: 0.0)  # a cluster without GPUs
+    args = _app_args()  # device: auto
+    options = _built_actor_options(args)
+    for name in FAMILIES:
+        assert options[name].get("num_gpus", 0) == 0, name
+        assert options[name]["num_cpus"] == args["resources"]["cpu"]["num_cpus"], name

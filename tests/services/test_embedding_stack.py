@@ -25,13 +25,22 @@ def _deployment(config: dict, name: str) -> dict:
     return next(d for d in deploy.application(config)["deployments"] if d["name"] == name)
 
 
-def test_gpu_flag_gives_each_family_replica_one_gpu() -> None:
+def test_gpu_flag_sets_the_app_device_to_gpu(monkeypatch) -> None:
+    # the app builder then gives each family replica the config's gpu preset
+    monkeypatch.delenv("ALIGN_DEVICE", raising=False)
     args = stack.build_parser().parse_args(["--gpu", "--grpc-port", "9100"])
     config = stack.serve_config(args)
+    assert deploy.application(config)["args"]["device"] == "gpu"
     for name in ("TimmEmbedder", "OpenClipEmbedder", "TextEmbedder"):
-        assert _deployment(config, name)["ray_actor_options"]["num_gpus"] == 1
-    assert _deployment(config, "EmbeddingIngress")["ray_actor_options"].get("num_gpus", 0) == 0
+        assert "ray_actor_options" not in _deployment(config, name)  # else they would win
     assert config["grpc_options"]["port"] == 9100
+
+
+def test_gpu_flag_against_align_device_cpu_is_named(monkeypatch) -> None:
+    monkeypatch.setenv("ALIGN_DEVICE", "cpu")  # inherited by Ray, it would win over --gpu
+    with pytest.raises(InvalidInputError) as info:
+        stack.serve_config(stack.build_parser().parse_args(["--gpu"]))
+    assert info.value.field == "--gpu" and "ALIGN_DEVICE" in str(info.value)
 
 
 def test_without_gpu_flag_the_config_file_decides(monkeypatch) -> None:
