@@ -50,6 +50,12 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # never read or write the user's ~/.cache/align from a test
+    monkeypatch.setenv("ALIGN_CACHE_DIR", str(tmp_path / "align-cache"))
+
+
 # -- align score FEATURES.npy DATASET --json ------------------------------------------
 
 

@@ -64,6 +64,12 @@ def client() -> Client:
     return Client(backend=EmbeddedBackend())
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # never read or write the user's ~/.cache/align from a test
+    monkeypatch.setenv("ALIGN_CACHE_DIR", str(tmp_path / "align-cache"))
+
+
 # -- features in, Report out -------------------------------------------------------------
 
 
