@@ -217,3 +217,16 @@ def test_efficientnet_lite0_on_things_subset_is_between_chance_and_ceiling(
     p = report.provenance
     assert p["preprocessing"]["input_size"] == [224, 224]  # from the model's own config
     assert p["features_shape"] == [len(sub.stimulus_ids), 1280]
+
+
+def test_import_align_and_its_api_stay_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, align; align.score, align.Report, align.evaluate, align.Client; "
+        "heavy = [m for m in ('torch', 'grpc', 'ray', 'redis') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
