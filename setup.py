@@ -5,9 +5,14 @@ evaluation server import it by a stable name (`align_services.embedding.app:app`
 Everything else is declared in pyproject.toml.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
-packages = find_packages("client") + ["align_services"]
-packages += ["align_services." + name for name in find_packages("services")]
+# Namespace discovery also lists align/data/... (shipped data folders) as packages, so
+# setuptools installs them as package data without warnings.
+packages = [
+    *find_namespace_packages("client", include=["align*"]),
+    "align_services",
+    *("align_services." + name for name in find_packages("services")),
+]
 
 setup(packages=packages, package_dir={"": "client", "align_services": "services"})
