@@ -413,7 +413,7 @@ def _add_report_parsers(sub: Any, data_dir_arg: Any) -> None:
         p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples")
         p.add_argument("--seed", type=int, default=0, help="random seed")
         p.add_argument("--no-probe", action="store_true", help="zero-shot, RSA, concepts only")
-        p.add_argument("--rank", type=int, default=64, help="rank of the low-rank probes")
+        p.add_argument("--rank", type=int, default=32, help="rank of the low-rank probes")
         p.add_argument(
             "--peterson-images", default=None, help="folder of the Peterson animal images"
         )

@@ -24,9 +24,9 @@ from .sources import Source
 RDM_DATASETS = ("things48", "mur92", "peterson-animals")
 #: Probe variants: key -> (label, simulated supervision?, gLocal?)
 PROBES = {
-    "human": ("low-rank probe, human triplets", False, False),
-    "simulated": ("low-rank probe, " + SIMULATED_LABEL, True, False),
-    "glocal": ("low-rank gLocal probe, " + SIMULATED_LABEL, True, True),
+    "human": ("probe, human triplets", False, False),
+    "simulated": ("probe, " + SIMULATED_LABEL, True, False),
+    "glocal": ("gLocal probe, " + SIMULATED_LABEL, True, True),
 }
 
 

@@ -286,7 +286,13 @@ def rdm_pair(
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 4))
     for ax, A, name in ((axes[0], M, "model"), (axes[1], H, "human")):
-        im = ax.imshow(pct(A)[np.ix_(order, order)], cmap="viridis", vmin=0, vmax=1)
+        im = ax.imshow(
+            pct(A)[np.ix_(order, order)],
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
         ax.set_title(f"{name} RDM")
         ax.set_xlabel("stimulus (clustered by human RDM)")
         ax.set_ylabel("stimulus")

@@ -290,7 +290,9 @@ def write_report(
     h.append(
         "<p class='note'>The THINGS file has only 1,000 distinct triplets: a p×p probe "
         "overfits it (METHODS §3). Probes here are low-rank (first "
-        f"{cfg.rank} principal components) and evaluated on held-out objects; rows marked "
+        f"{cfg.rank} principal components), regularised toward a scaled identity (the "
+        "strongest λ keeps the zero-shot geometry) and evaluated on held-out objects; "
+        "rows marked "
         "<b>simulated supervision</b> were trained on triplets simulated from the SPoSE "
         "human embedding, not on the responses they are scored on.</p>"
     )

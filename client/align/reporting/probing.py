@@ -3,7 +3,8 @@
 The 20,000-response THINGS file has 1,000 distinct triplets; a p x p probe overfits it.
 Two remedies, both used by ``align report`` / ``align reproduce``:
 
-- a LOW-RANK probe: the probe is fitted on the first ``rank`` principal components of
+- a LOW-RANK, IDENTITY-REGULARISED probe (``PROBE_FIT``): fitted on the first ``rank``
+  principal components of
   the standardised THINGS features (unsupervised; no labels), and the fitted (rank x
   rank) probe is composed back into an ordinary p x p transform of rank ``rank``
   (:func:`compose_lowrank`), so it saves, transfers and loads like any probe;
@@ -27,9 +28,17 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..metrics.transfer import LinearTransform
 
-LAMBDAS: tuple[float, ...] = (1.0, 1e-1, 1e-2)
-#: L-BFGS settings of report probes (enough to converge the low-rank problem to 1e-6).
-PROBE_FIT: dict[str, Any] = {"max_iter": 100, "tol": 1e-6}
+LAMBDAS: tuple[float, ...] = (10.0, 1.0, 1e-1, 1e-2, 1e-3)
+#: Report probes: regularised toward a scaled identity and started there (gLocal's
+#: penalty, METHODS §3), so the strongest lambda is the zero-shot dot-product geometry of
+#: the rank-r space with a fitted temperature, and the lambda grid decides how far the
+#: human (or simulated) triplets may move it. L-BFGS to 1e-6.
+PROBE_FIT: dict[str, Any] = {
+    "max_iter": 100,
+    "tol": 1e-6,
+    "reg_kind": "identity",
+    "init": "identity",
+}
 SIMULATED_LABEL = "simulated supervision (SPoSE choice model, METHODS §3 (b))"
 
 
