@@ -107,7 +107,7 @@ def things_accuracy(results: Sequence[dict[str, Any]], out_dir: Path, prov: dict
     ax.set_xlabel("odd-one-out accuracy on THINGS (95% CI)")
     ax.set_xlim(0.2, 0.8)
     ax.set_title("THINGS odd-one-out: zero-shot and probed")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
     return _save(fig, out_dir / "things_accuracy.png", prov)
 
 

@@ -313,14 +313,16 @@ def write_report(
             h.append(f"<td>{fmt(row['rsa'][name])}</td>")
         h.append(f"<td>{fmt(row['wall_time_s'], 1)}</td></tr>")
     h.append("</table>")
-    unavailable: dict[str, str] = {
-        name: str((r["rsa"].get(name) or {}).get("unavailable"))
-        for r in results
-        for name in RDM_DATASETS
-        if (r["rsa"].get(name) or {}).get("unavailable")
-    }
-    for name, why in sorted(unavailable.items()):
-        h.append(f"<p class='note'>{e(name)}: unavailable for some sources ({e(why)}).</p>")
+    unavailable: dict[str, list[str]] = {}
+    for r in results:
+        for name in RDM_DATASETS:
+            why = (r["rsa"].get(name) or {}).get("unavailable")
+            if why:
+                unavailable.setdefault(name, []).append(f"{r['source']['label']}: {why}")
+    for name, whys in sorted(unavailable.items()):
+        h.append(
+            f"<p class='note'>{e(name)}: unavailable for some sources ({e('; '.join(whys))}).</p>"
+        )
 
     sections = [
         ("things", "THINGS accuracy: zero-shot and probed"),
