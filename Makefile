@@ -20,7 +20,7 @@ export ALIGN_DATA_DIR ?= $(DATA_DIR)
 setup: system-deps $(STAMP)
 
 # Debian packages the tests need (redis-server for the cache tests, docker-compose to
-# validate the compose file). Installed only when missing.
+# validate the compose file, chromium to render the HTML report). Installed only when missing.
 system-deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
