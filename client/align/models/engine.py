@@ -371,6 +371,35 @@ def _check_options(options: dict[str, Any], allowed: set[str]) -> None:
             raise InvalidInputError(key, "is not an option of embed", ", ".join(sorted(allowed)))
 
 
+def _text_words(
+    stimuli: Sequence[Any], layers: Layers, options: dict[str, Any], who: str
+) -> list[str]:
+    """Check a text embed call (options, layers: only 'penultimate', stimuli: strings) and
+    return the words; ``who`` names what offers only 'penultimate' in the error hint."""
+    _check_options(options, {"modality", "num_workers", "out_dir"})
+    if options.get("modality") not in (None, "text"):
+        raise InvalidInputError("modality", f"is {options['modality']!r}", "'text'")
+    names = _normalize_layers(layers)
+    if names != (DEFAULT_LAYER,):
+        raise NotFoundError(
+            "layer",
+            ",".join(names),
+            [DEFAULT_LAYER],
+            hint=f"({who} offers only 'penultimate')",
+        )
+    if isinstance(stimuli, str) or not hasattr(stimuli, "__len__"):
+        raise InvalidInputError("stimuli", f"is a {type(stimuli).__name__}", "a list of str")
+    words = list(stimuli)
+    for i, w in enumerate(words):
+        if not isinstance(w, str):
+            raise InvalidInputError(
+                f"stimuli[{i}]",
+                f"is a {type(w).__name__}",
+                "a string (text models embed words)",
+            )
+    return words
+
+
 def _batch_size(batch_size: int | None, default: int) -> int:
     if batch_size is None:
         return default

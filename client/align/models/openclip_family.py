@@ -30,11 +30,16 @@ from .engine import (
     ImageModel,
     Layers,
     _batch_size,
-    _check_options,
-    _normalize_layers,
     _progress,
+    _text_words,
 )
-from .spec import ModelSpec, Preprocessing, WeightsSpec, hub_online, weights_digest
+from .spec import (
+    ModelSpec,
+    Preprocessing,
+    WeightsSpec,
+    checkpoint_weights,
+    hub_online,
+)
 
 _SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
@@ -89,12 +94,7 @@ def make_spec(model_id: str, arch: str, weights: str | None) -> ModelSpec:
         wspec = WeightsSpec("random", "seed=0", None)
         desc = f"open_clip {arch}, random init (seed 0): no CLIP weights are installed"
     elif weights.endswith(_SUFFIXES) or "/" in weights or Path(weights).expanduser().exists():
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise InvalidInputError(
-                f"model ({model_id})", f"checkpoint {path} does not exist", "a weights file"
-            )
-        wspec = WeightsSpec("file", str(path.resolve()), weights_digest(path))
+        wspec, path = checkpoint_weights(model_id, weights)
         desc = f"open_clip {arch}, weights from {path}"
     else:
         tags = oc.list_pretrained_tags_by_model(arch)
@@ -167,19 +167,7 @@ class OpenClipModel(ImageModel):
         """Images by default; ``modality="text"`` embeds strings with the text tower."""
         if options.get("modality") != "text":
             return super().embed(stimuli, layers, batch_size, progress, **options)
-        _check_options(options, {"modality", "num_workers", "out_dir"})
-        names = _normalize_layers(layers)
-        if names != (DEFAULT_LAYER,):
-            raise NotFoundError(
-                "layer",
-                ",".join(names),
-                [DEFAULT_LAYER],
-                hint="(the text tower offers only 'penultimate')",
-            )
-        words = list(stimuli)
-        for i, w in enumerate(words):
-            if not isinstance(w, str):
-                raise InvalidInputError(f"stimuli[{i}]", f"is a {type(w).__name__}", "a string")
+        words = _text_words(stimuli, layers, options, "the text tower")
         bs = _batch_size(batch_size, 256)
         chunks = []
         with _progress(len(words), progress, "word") as bar, torch.inference_mode():

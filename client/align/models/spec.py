@@ -160,3 +160,28 @@ def hub_online() -> bool:
     """True when downloads from the Hugging Face hub are allowed (HF_HUB_OFFLINE unset)."""
     flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
     return flag in ("", "0", "false", "no", "off")
+
+
+def checkpoint_weights(model_id: str, weights: str) -> tuple[WeightsSpec, Path]:
+    """The WeightsSpec of a user-given checkpoint file; InvalidInputError when it is absent."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise InvalidInputError(
+            f"model ({model_id})", f"checkpoint {path} does not exist", "a weights file"
+        )
+    return WeightsSpec("file", str(path.resolve()), weights_digest(path)), path
+
+
+def installed_package_file(module: str, pattern: str) -> Path | None:
+    """The first file matching ``pattern`` (a glob) inside installed package ``module``,
+    or None when the package or the file is absent."""
+    import importlib.util
+
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        return None
+    for root in found.submodule_search_locations:
+        files = sorted(p for p in Path(root).glob(pattern) if p.is_file())
+        if files:
+            return files[0]
+    return None

