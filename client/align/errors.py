@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class AlignError(Exception):
@@ -63,3 +64,55 @@ class NumericalError(AlignError, FloatingPointError):
 
 class ResourceLimitError(AlignError):
     """A request exceeds a configured limit (stimuli, bytes). Maps to RESOURCE_EXHAUSTED."""
+
+
+# ----------------------------------------------------------------------------------------
+# The wire form, shared by the services (server side) and align.remote (client side)
+
+#: Trailing gRPC metadata key that carries an error as JSON (see error_payload).
+ERROR_METADATA_KEY = "align-error"
+
+#: Each error class and the gRPC status code (by name) it maps to, in the order a status
+#: code maps back to a class when the server sent no payload (first match wins).
+STATUS_CODES: tuple[tuple[type[AlignError], str], ...] = (
+    (InvalidInputError, "INVALID_ARGUMENT"),
+    (NotFoundError, "NOT_FOUND"),
+    (DataMissingError, "FAILED_PRECONDITION"),
+    (ResourceLimitError, "RESOURCE_EXHAUSTED"),
+    (NumericalError, "FAILED_PRECONDITION"),
+)
+
+
+def status_name(exc: BaseException) -> str | None:
+    """The gRPC status code name of an align error, or None for any other exception."""
+    return next((code for cls, code in STATUS_CODES if isinstance(exc, cls)), None)
+
+
+def error_payload(exc: BaseException) -> dict[str, Any]:
+    """The JSON form of an align error (what the other side needs to rebuild it)."""
+    out: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, InvalidInputError):
+        out.update(field=exc.field, problem=exc.problem, expected=exc.expected)
+    elif isinstance(exc, NotFoundError):
+        out.update(kind=exc.kind, name=exc.name, suggestions=list(exc.suggestions))
+    return out
+
+
+def error_from_payload(payload: dict[str, Any], message: str) -> AlignError | None:
+    """Rebuild the error of ``error_payload`` (``message``: the exact text to show), or
+    None when the payload names no class of STATUS_CODES or lacks the fields it needs."""
+    cls = next((c for c, _ in STATUS_CODES if c.__name__ == payload.get("type")), None)
+    if cls is InvalidInputError:
+        if "field" not in payload:
+            return None
+        return InvalidInputError(
+            payload["field"], payload.get("problem", ""), payload.get("expected")
+        )
+    if cls is NotFoundError:
+        if "kind" not in payload:
+            return None
+        err = NotFoundError(payload["kind"], payload.get("name", ""))
+        err.suggestions = list(payload.get("suggestions", []))
+        err.args = (message,)  # the exact message (with its hint)
+        return err
+    return None if cls is None else cls(message)

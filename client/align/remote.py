@@ -27,16 +27,15 @@ from typing import Any
 import numpy as np
 
 from .errors import (
+    ERROR_METADATA_KEY,
+    STATUS_CODES,
     AlignError,
-    DataMissingError,
     InvalidInputError,
     NotFoundError,
-    NumericalError,
-    ResourceLimitError,
+    error_from_payload,
 )
 from .report import Report
 
-ERROR_METADATA_KEY = "align-error"
 # Options the embedded backend reads as engine settings; they change no number.
 _ENGINE_OPTIONS = ("progress", "batch_size", "device")
 
@@ -76,27 +75,22 @@ def error_from_status(code: Any, details: str, trailing: Any = None) -> Exceptio
         except json.JSONDecodeError:
             payload = {}
     kind = payload.get("type")
-    if kind == "InvalidInputError" or (not kind and name == "INVALID_ARGUMENT"):
-        if "field" in payload:
-            return InvalidInputError(
-                payload["field"], payload.get("problem", ""), payload.get("expected")
-            )
+    rebuilt = error_from_payload(payload, details) if kind else None
+    if rebuilt is not None:
+        return rebuilt
+    if kind:
+        cls = next((c for c, _ in STATUS_CODES if c.__name__ == kind), None)
+    else:
+        cls = next((c for c, code in STATUS_CODES if code == name), None)
+    if cls is InvalidInputError:
         field, sep, problem = details.partition(": ")
         return InvalidInputError(field if sep else "request", problem if sep else details)
-    if kind == "NotFoundError" or (not kind and name == "NOT_FOUND"):
-        if "kind" in payload:
-            err = NotFoundError(payload["kind"], payload["name"], payload.get("suggestions", ()))
-            err.args = (details,)  # the server's exact message (with its hint)
-            return err
+    if cls is NotFoundError:
         err = NotFoundError("item", details)
         err.args = (details,)
         return err
-    if kind == "DataMissingError" or (not kind and name == "FAILED_PRECONDITION"):
-        return DataMissingError(details)
-    if kind == "NumericalError":
-        return NumericalError(details)
-    if kind == "ResourceLimitError" or (not kind and name == "RESOURCE_EXHAUSTED"):
-        return ResourceLimitError(details)
+    if cls is not None:
+        return cls(details)
     if name == "UNAVAILABLE":
         return ServiceUnavailableError(details)
     if name == "UNAUTHENTICATED":

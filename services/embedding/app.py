@@ -46,10 +46,12 @@ from align.errors import (
     InvalidInputError,
     NotFoundError,
     ResourceLimitError,
+    error_from_payload,
+    error_payload,
 )
 from align.results import to_jsonable
 from align.v1 import align_pb2
-from align_services.evaluation.errors import EmbedderUnavailableError, describe, error_payload
+from align_services.evaluation.errors import EmbedderUnavailableError, describe
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
@@ -255,20 +257,9 @@ class Failure:
         return cls(type=type(exc).__name__, message=str(exc), fields=payload)
 
     def rebuild(self) -> AlignError:
-        f = self.fields
-        if self.type == "InvalidInputError":
-            return InvalidInputError(
-                f.get("field", "request"), f.get("problem", self.message), f.get("expected")
-            )
-        if self.type == "NotFoundError":
-            err = NotFoundError(f.get("kind", "item"), f.get("name", ""), ())
-            err.suggestions = list(f.get("suggestions", []))
-            err.args = (self.message,)
-            return err
-        if self.type == "DataMissingError":
-            return DataMissingError(self.message)
-        if self.type == "ResourceLimitError":
-            return ResourceLimitError(self.message)
+        rebuilt = error_from_payload({**self.fields, "type": self.type}, self.message)
+        if rebuilt is not None:
+            return rebuilt
         import align.errors as errors
 
         cls = getattr(errors, self.type, AlignError)

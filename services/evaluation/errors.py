@@ -10,19 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any
 
 import grpc
-from align.errors import (
-    AlignError,
-    DataMissingError,
-    InvalidInputError,
-    NotFoundError,
-    NumericalError,
-    ResourceLimitError,
-)
-
-ERROR_METADATA_KEY = "align-error"
+from align.errors import ERROR_METADATA_KEY, AlignError, error_payload, status_name
 
 
 class EmbedderUnavailableError(AlignError, ConnectionError):
@@ -38,29 +28,13 @@ class EmbedderUnavailableError(AlignError, ConnectionError):
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
-    if isinstance(exc, InvalidInputError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, NotFoundError):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, DataMissingError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(exc, ResourceLimitError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, NumericalError):
-        return grpc.StatusCode.FAILED_PRECONDITION
+    """The status code of an exception, from the one table align.errors.STATUS_CODES."""
+    name = status_name(exc)
+    if name is not None:
+        return grpc.StatusCode[name]
     if isinstance(exc, EmbedderUnavailableError):
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
-
-
-def error_payload(exc: BaseException) -> dict[str, Any]:
-    """The JSON form of an align error (what the client needs to rebuild it)."""
-    out: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-    if isinstance(exc, InvalidInputError):
-        out.update(field=exc.field, problem=exc.problem, expected=exc.expected)
-    elif isinstance(exc, NotFoundError):
-        out.update(kind=exc.kind, name=exc.name, suggestions=list(exc.suggestions))
-    return out
 
 
 def describe(
