@@ -118,8 +118,10 @@ def load_features(path: str | Path, key: str | None = None) -> tuple[np.ndarray,
 
 
 @dataclasses.dataclass
-class _Source:
-    """A model argument, resolved (without computing features yet)."""
+class ModelSource:
+    """A model argument, resolved (without computing features yet): what the embedded
+    backend and the evaluation server key caches and provenance on. Build one with
+    ``resolve_model``, or directly for a model resolved elsewhere (the server)."""
 
     model_id: str
     family: str
@@ -139,19 +141,21 @@ def _is_embedding_model(model: Any) -> bool:
     return hasattr(model, "spec") and callable(getattr(model, "embed", None))
 
 
-def _resolve_model(model: Any, layer: str) -> _Source:
+def resolve_model(model: Any, layer: str) -> ModelSource:
+    """Resolve a model argument (id, .npy/.npz features path, ndarray or EmbeddingModel)
+    for ``layer``; InvalidInputError for anything else. Loads no weights."""
     if isinstance(model, np.ndarray):
         d = digest.digest_array(model)
-        return _Source(f"array:{d[:12]}", "features", d, features=model)
+        return ModelSource(f"array:{d[:12]}", "features", d, features=model)
     if is_features_path(model):
         path = features_path(model)
         X, key = load_features(path, key=layer if layer != "penultimate" else None)
-        return _Source(
+        return ModelSource(
             f"features:{path}", "features", digest.digest_array(X), features=X, layer=key
         )
     if _is_embedding_model(model):
         spec = model.spec
-        return _Source(
+        return ModelSource(
             str(spec.id),
             str(getattr(spec, "family", "torch")),
             str(spec.digest),
@@ -164,7 +168,7 @@ def _resolve_model(model: Any, layer: str) -> _Source:
         from .models import get_spec
 
         spec = get_spec(model)
-        return _Source(
+        return ModelSource(
             str(spec.id),
             str(spec.family),
             str(spec.digest),
@@ -191,7 +195,9 @@ def resolve_dataset(dataset: Any, data_dir: str | Path | None) -> Any:
     )
 
 
-def _open_cache(cache: CacheArg) -> DiskCache | None:
+def open_cache(cache: CacheArg) -> DiskCache | None:
+    """The DiskCache a ``cache`` argument means: True (the default folder), a folder, a
+    DiskCache, or None/False for no cache."""
     if cache is None or cache is False:
         return None
     if cache is True:
@@ -227,7 +233,7 @@ class EmbeddedBackend:
     def close(self) -> None:
         self._models.clear()
 
-    def _load(self, source: _Source) -> Any:
+    def _load(self, source: ModelSource) -> Any:
         if source.model is None:
             if source.model_id not in self._models:
                 from .models import load_model
@@ -238,7 +244,7 @@ class EmbeddedBackend:
 
     def features(
         self,
-        source: _Source,
+        source: ModelSource,
         dataset: Any,
         layers: Sequence[str],
         cache: DiskCache | None,
@@ -312,7 +318,7 @@ class EmbeddedBackend:
         for name in ENGINE_OPTIONS:  # how to embed, not what to compute
             if name in options:
                 setattr(self, name, options.pop(name))
-        store = _open_cache(cache)
+        store = open_cache(cache)
         resolved_datasets = [resolve_dataset(d, data_dir) for d in datasets]
         plans = []
         for ds in resolved_datasets:  # check everything before the slow part
@@ -325,7 +331,7 @@ class EmbeddedBackend:
         reports: list[Report] = []
         for model in models:
             layer_list = _layer_list(model, layers)
-            sources = {layer: _resolve_model(model, layer) for layer in layer_list}
+            sources = {layer: resolve_model(model, layer) for layer in layer_list}
             if next(iter(sources.values())).is_features:
                 layer_list = layer_list[:1]
             for ds, names, opts in plans:
@@ -334,7 +340,7 @@ class EmbeddedBackend:
 
     def _score_layers(
         self,
-        sources: Mapping[str, _Source],
+        sources: Mapping[str, ModelSource],
         layers: Sequence[str],
         dataset: Any,
         names: list[str],
@@ -377,7 +383,7 @@ class EmbeddedBackend:
                 t0 = time.perf_counter()
                 results = evaluate(X, dataset, names, **options)
                 source = sources[layer]
-                provenance = _provenance(
+                prov = provenance(
                     source,
                     layer=source.layer if source.is_features else layer,
                     dataset=dataset,
@@ -388,7 +394,7 @@ class EmbeddedBackend:
                     embedding_cache="hit" if from_cache else "miss",
                 )
                 metric_dicts = {name: result.to_dict() for name, result in results.items()}
-                report = Report(source.model_id, str(dataset.id), metric_dicts, provenance)
+                report = Report(source.model_id, str(dataset.id), metric_dicts, prov)
                 if store is not None:
                     _cache_put(store.put_json, report_keys[layer], report.to_dict())
                 report.provenance["cache"] = "miss"
@@ -396,7 +402,7 @@ class EmbeddedBackend:
         return [reports[layer] for layer in layers]
 
 
-def _embedding_key(source: _Source, layer: str, dataset: Any) -> str:
+def _embedding_key(source: ModelSource, layer: str, dataset: Any) -> str:
     return embedding_key(
         model_digest=source.weights_digest,
         preprocessing=source.preprocessing,
@@ -424,8 +430,8 @@ def _layer_list(model: Any, layers: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _provenance(
-    source: _Source,
+def provenance(
+    source: ModelSource,
     *,
     layer: str | None,
     dataset: Any,
@@ -435,6 +441,8 @@ def _provenance(
     wall_time: float,
     embedding_cache: str,
 ) -> dict[str, Any]:
+    """The provenance of a report (model, weights, layer, dataset, metrics, options,
+    versions, timing): one builder for the embedded backend and the evaluation server."""
     missing = int(np.isnan(features).all(axis=1).sum()) if features.size else 0
     return {
         "model_id": source.model_id,
@@ -617,9 +625,9 @@ def features(
 ) -> np.ndarray:
     """The (n, p) features of ``model`` on ``dataset`` (embedded; cached like score())."""
     ds = resolve_dataset(dataset, data_dir)
-    source = _resolve_model(model, layer)
+    source = resolve_model(model, layer)
     backend = EmbeddedBackend(progress=progress)
-    out = backend.features(source, ds, [layer], _open_cache(cache))
+    out = backend.features(source, ds, [layer], open_cache(cache))
     return out[layer][0]
 
 

@@ -284,7 +284,7 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
     async def _plan(self, request: align_pb2.ScoreRequest, who: str) -> _Plan:
         """Validate, resolve model and dataset, and compute the cache keys exactly as
         embedded ``align.score`` does (same keys, same provenance)."""
-        from align.api import _Source
+        from align.api import ModelSource
         from align.evaluate import check_options, resolve_metrics
 
         metrics, layer, options = self._validate(request)
@@ -293,7 +293,7 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
         if request.features:
             X = _decode_request_features(request)
             d = digest_array(X)
-            source = _Source(
+            source = ModelSource(
                 model or f"array:{d[:12]}", "features", d, features=X, layer=layer or None
             )
             dataset = await self._load_dataset(request.dataset.strip())
@@ -307,7 +307,7 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                 self.embedder.resolve(model), self._load_dataset(request.dataset.strip())
             )
             ref = resolved
-            source = _Source(
+            source = ModelSource(
                 resolved.id,
                 resolved.family,
                 resolved.spec_digest,
@@ -549,7 +549,7 @@ class _Plan:
 
     key: str  # report key (same as the embedded disk cache's)
     fkey: str  # features key: embedding key, or the digest of given features
-    source: Any  # align.api._Source
+    source: Any  # align.api.ModelSource
     ref: ModelRef | None  # None for given features
     dataset: Any
     names: list[str]  # resolved metric names
@@ -581,14 +581,14 @@ def _decode_request_features(request: align_pb2.ScoreRequest) -> Any:
 def _score_sync(plan: _Plan, X: Any, from_cache: bool, embed_time: float) -> tuple[str, str]:
     """Metrics and the report, in a worker thread: the same evaluate() and provenance
     code as embedded ``align.score``. Returns (JSON to store, JSON to send)."""
-    from align.api import _provenance
+    from align.api import provenance as build_provenance
     from align.evaluate import evaluate
     from align.report import Report
 
     t0 = time.perf_counter()
     results = evaluate(X, plan.dataset, plan.names, **plan.options)
     source = plan.source
-    provenance = _provenance(
+    provenance = build_provenance(
         source,
         layer=source.layer,
         dataset=plan.dataset,

@@ -90,12 +90,12 @@ class Source:
             )
         if self.kind == "text" and not dataset.words:
             raise DataMissingError(f"{dataset.id} has no words for a text model")
-        from ..api import EmbeddedBackend, _open_cache, _resolve_model
+        from ..api import EmbeddedBackend, open_cache, resolve_model
 
         if self._backend is None:
             self._backend = EmbeddedBackend(progress=False)
-        store = _open_cache(self.cache)
-        src = _resolve_model(self.id, layers[0])
+        store = open_cache(self.cache)
+        src = resolve_model(self.id, layers[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing images are reported as n_dropped
             out = self._backend.features(src, dataset, list(layers), store)
