@@ -199,6 +199,23 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
         await context.abort(code, message, trailing_metadata=trailing)
         return code  # pragma: no cover - abort raises
 
+    @contextlib.asynccontextmanager
+    async def _rpc(self, context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[str]:
+        """Around every RPC: authenticate (yields who calls), turn an exception into its
+        status (aborting the call), and record the request count and latency."""
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            yield await self._authenticate(context, method)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code = _status_of(exc)
+            await self._fail(context, method, exc)
+            raise  # pragma: no cover - _fail aborts
+        finally:
+            self._record(method, code, started)
+
     def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
         self.metrics.requests.labels(method=method, code=code.name).inc()
         self.metrics.latency.labels(method=method).observe(time.perf_counter() - started)
@@ -244,9 +261,7 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
     async def Score(
         self, request: align_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[align_pb2.ScoreProgress]:
-        method, started, code = "Score", time.perf_counter(), grpc.StatusCode.OK
-        try:
-            who = await self._authenticate(context, method)
+        async with self._rpc(context, "Score") as who:
             yield _progress(stage="dataset", message=f"loading dataset {request.dataset}")
             plan = await self._plan(request, who)
             if not request.refresh:
@@ -272,14 +287,6 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
             assert flight.result is not None
             text, hit = flight.result
             yield self._final(text, plan.key, cache_hit=hit)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = _status_of(exc)
-            await self._fail(context, method, exc)
-        finally:
-            self._record(method, code, started)
 
     async def _plan(self, request: align_pb2.ScoreRequest, who: str) -> _Plan:
         """Validate, resolve model and dataset, and compute the cache keys exactly as
@@ -478,9 +485,7 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
     async def ListDatasets(
         self, request: align_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext
     ) -> align_pb2.ListDatasetsResponse:
-        method, started, code = "ListDatasets", time.perf_counter(), grpc.StatusCode.OK
-        try:
-            await self._authenticate(context, method)
+        async with self._rpc(context, "ListDatasets"):
             from align.datasets import list_datasets
 
             statuses = await asyncio.to_thread(list_datasets, self.config.data_dir)
@@ -494,19 +499,11 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                     description=str(getattr(s, "description", "") or ""),
                 )
             return out
-        except Exception as exc:
-            code = _status_of(exc)
-            await self._fail(context, method, exc)
-            raise  # pragma: no cover
-        finally:
-            self._record(method, code, started)
 
     async def GetReport(
         self, request: align_pb2.GetReportRequest, context: grpc.aio.ServicerContext
     ) -> align_pb2.GetReportResponse:
-        method, started, code = "GetReport", time.perf_counter(), grpc.StatusCode.OK
-        try:
-            await self._authenticate(context, method)
+        async with self._rpc(context, "GetReport"):
             key = request.key.strip()
             if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
                 raise InvalidInputError("key", f"is {key!r}", "a 64-hex report key")
@@ -518,12 +515,6 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                     "report", key, hint="(not cached here: it expired, or was never computed)"
                 )
             return align_pb2.GetReportResponse(key=key, report_json=text)
-        except Exception as exc:
-            code = _status_of(exc)
-            await self._fail(context, method, exc)
-            raise  # pragma: no cover
-        finally:
-            self._record(method, code, started)
 
     async def drain(self, timeout: float) -> None:
         """Wait for running computations (so their reports get written)."""
