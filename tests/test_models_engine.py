@@ -24,16 +24,6 @@ from PIL import Image  # noqa: E402
 MODEL_ID = "timm/tf_efficientnet_lite0"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI box's 2 cores are shared: one intra-op thread is several times faster here
-    # than two spinning threads under contention. Restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def lite0():
     try:

@@ -27,14 +27,6 @@ from align.models.checkpoints import map_by_order, read_state_dict  # noqa: E402
 from align.models.timm_family import package_weights_file  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _need_package(arch: str):
     path = package_weights_file(arch)
     if path is None:

@@ -25,14 +25,6 @@ from PIL import Image  # noqa: E402
 CLIP_ARCH = "ViT-S-32-alt"  # the smallest standard open_clip config (ViT-S/32, 256-d)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def minilm():
     try:
