@@ -228,19 +228,5 @@ def read_matrix_file(path: Path, key: str | None = None) -> np.ndarray:
         if width is None:
             width = len(fields)
         check_columns(fields, width, path, number)
-        rows.append([_matrix_value(v, path, number, c) for c, v in enumerate(fields)])
+        rows.append([parse_float(v, path, number, f"column {c + 1}") for c, v in enumerate(fields)])
     return np.asarray(rows, dtype=np.float64)
-
-
-def _matrix_value(value: str, path: Path, line: int, column: int) -> float:
-    try:
-        out = float(value)
-    except ValueError:
-        raise InvalidInputError(
-            where(path, line), f"column {column + 1} is {value!r}, not a number", "a number"
-        ) from None
-    if not np.isfinite(out):
-        raise InvalidInputError(
-            where(path, line), f"column {column + 1} is {value!r}", "a finite number"
-        )
-    return out
