@@ -100,6 +100,14 @@ def error_from_status(code: Any, details: str, trailing: Any = None) -> Exceptio
     return RemoteError(name, details)
 
 
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC channel options: messages up to ``max_message_bytes`` both ways."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
 def parse_server(server: str) -> tuple[str, bool]:
     """``(host:port, tls)`` from ``host:port``, ``grpc://host:port`` or ``grpcs://...``."""
     if not isinstance(server, str) or not server.strip():
@@ -152,10 +160,7 @@ class RemoteBackend:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.timeout_s = timeout_s
-        options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
+        options = channel_options(max_message_bytes)
         if self.tls:
             roots = root_certificates
             if isinstance(roots, (str, Path)):

@@ -133,6 +133,7 @@ class GrpcEmbedder:
         max_message_bytes: int = 256 << 20,
     ) -> None:
         import grpc
+        from align.remote import channel_options
 
         if chunk_size < 1:
             raise InvalidInputError("chunk_size", f"is {chunk_size}", "at least 1")
@@ -141,11 +142,7 @@ class GrpcEmbedder:
         self.chunk_size = chunk_size
         self.timeout_s = timeout_s
         self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
+            target, options=channel_options(max_message_bytes)
         )
         from align.v1 import align_pb2_grpc
 
