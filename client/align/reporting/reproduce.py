@@ -20,6 +20,7 @@ from typing import Any
 from .._version import METRIC_CODE_VERSION, __version__
 from ..errors import AlignError, InvalidInputError
 from .experiments import PROBES, RDM_DATASETS, Context, ReportConfig, load_context, run_source
+from .html import fmt, fmt_ci
 from .sources import Source, resolve_source
 
 DEFAULT_MODELS: tuple[str, ...] = (
@@ -164,22 +165,6 @@ def _best_network(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return max(nets, key=lambda r: r["things"]["zero_shot"]["accuracy"])
 
 
-def _f(v: Any, d: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{d}f}"
-    return str(v)
-
-
-def _ci(d: dict[str, Any] | None, key: str = "accuracy", ci: str = "ci") -> str:
-    if not d or d.get(key) is None:
-        return "–"
-    c = d.get(ci)
-    s = _f(d[key])
-    return s + (f" [{_f(c[0])}, {_f(c[1])}]" if c and c[0] is not None else "")
-
-
 def _probe(r: dict[str, Any], key: str) -> dict[str, Any] | None:
     d = r["things"].get("probes", {}).get(key)
     return None if not d or "unavailable" in d else d
@@ -211,7 +196,7 @@ def results_markdown(
         "1,000 distinct triplets over the 1,854 THINGS objects; Hebart et al. 2020), the "
         "things48 human RDM, the Mur et al. 2013 92-image RDMs (16 people) and the "
         "Peterson et al. animal ratings (no images: image models cannot be scored). "
-        f"Chance is 1/3; the human noise ceiling computed from the data is {_f(ceiling)} "
+        f"Chance is 1/3; the human noise ceiling computed from the data is {fmt(ceiling)} "
         f"(paper: {PAPER['ceiling']}).\n"
     )
     # leaderboard
@@ -230,16 +215,18 @@ def results_markdown(
         rsa = []
         for n in RDM_DATASETS:
             e = r["rsa"].get(n) or {}
-            rsa.append(_f(e["rsa"]["score"]) if "rsa" in e else "n/a")
+            rsa.append(fmt(e["rsa"]["score"]) if "rsa" in e else "n/a")
         hits = r.get("embedding_cache_hit") or {}
         emb = "cached" if hits and all(hits.values()) else "computed"
         if s["kind"] in ("reference", "features"):
             emb = "—"
         L.append(
-            f"| {s['label']} | {kind} | {_ci(r['things']['zero_shot'])} | "
-            f"{_f(r['things']['zero_shot'].get('normalized'))} | "
-            f"{_ci(_probe(r, 'human'))} | {_ci(_probe(r, 'simulated'))} | "
-            f"{_ci(_probe(r, 'glocal'))} | " + " | ".join(rsa) + f" | {_f(r['wall_time_s'], 1)} "
+            f"| {s['label']} | {kind} | {fmt_ci(r['things']['zero_shot'])} | "
+            f"{fmt(r['things']['zero_shot'].get('normalized'))} | "
+            f"{fmt_ci(_probe(r, 'human'))} | {fmt_ci(_probe(r, 'simulated'))} | "
+            f"{fmt_ci(_probe(r, 'glocal'))} | "
+            + " | ".join(rsa)
+            + f" | {fmt(r['wall_time_s'], 1)} "
             f"| {emb} |"
         )
     L.append("")
@@ -266,10 +253,10 @@ def results_markdown(
             d = _probe(r, key)
             if d is None:
                 continue
-            zs = _ci(d, "zero_shot_same_responses", "zero_shot_same_responses_ci")
+            zs = fmt_ci(d, "zero_shot_same_responses", "zero_shot_same_responses_ci")
             L.append(
-                f"| {r['source']['label']} | {d['label']} | {_ci(d)} | {zs} | "
-                f"{_f(d['lambda'], 4)} | {_f(d['cross_entropy'])} | {_f(d['knn_overlap'])} |"
+                f"| {r['source']['label']} | {d['label']} | {fmt_ci(d)} | {zs} | "
+                f"{fmt(d['lambda'], 4)} | {fmt(d['cross_entropy'])} | {fmt(d['knn_overlap'])} |"
             )
     L.append("")
     # layers
@@ -280,7 +267,7 @@ def results_markdown(
         if len(r["things"]["layers"]) < 2:
             continue
         for layer, d in r["things"]["layers"].items():
-            L.append(f"| {r['source']['label']} | {layer} | {d['dim']} | {_ci(d)} |")
+            L.append(f"| {r['source']['label']} | {layer} | {d['dim']} | {fmt_ci(d)} |")
     L.append("")
     # transfer
     L.append("## Transfer of the THINGS probes\n")
@@ -290,10 +277,10 @@ def results_markdown(
         for n in RDM_DATASETS:
             e = r["rsa"].get(n) or {}
             for key, t in (e.get("transfer") or {}).items():
-                after = _ci({"a": t["after"], "ci": t["after_ci"]}, "a")
+                after = fmt_ci({"a": t["after"], "ci": t["after_ci"]}, "a")
                 L.append(
-                    f"| {r['source']['label']} | {n} | {key} | {_f(t['before'])} | {after} | "
-                    f"{_f(t['delta'])} |"
+                    f"| {r['source']['label']} | {n} | {key} | {fmt(t['before'])} | {after} | "
+                    f"{fmt(t['delta'])} |"
                 )
     L.append("")
     if any("wordsim" in r for r in results):
@@ -303,8 +290,8 @@ def results_markdown(
         for r in results:
             for n, w in (r.get("wordsim") or {}).items():
                 L.append(
-                    f"| {r['source']['label']} | {n} | {_f(w.get('spearman'))} | "
-                    f"{_f(w.get('coverage'))} |"
+                    f"| {r['source']['label']} | {n} | {fmt(w.get('spearman'))} | "
+                    f"{fmt(w.get('coverage'))} |"
                 )
         L.append("")
     L.append("## Figures\n")
@@ -359,7 +346,7 @@ def _findings(results: Sequence[dict[str, Any]], ctx: Context, cfg: ReportConfig
         near = ci[0] is not None and ci[0] <= chance + 0.03
         L.append(
             f"- **Random-init control {r['source']['label']}**: {d['accuracy']:.3f} "
-            f"(95% CI {_f(ci[0])}–{_f(ci[1])}), "
+            f"(95% CI {fmt(ci[0])}–{fmt(ci[1])}), "
             + (
                 "near chance (1/3)."
                 if near
@@ -372,7 +359,7 @@ def _findings(results: Sequence[dict[str, Any]], ctx: Context, cfg: ReportConfig
         d = zs[r["source"]["id"]]
         L.append(
             f"- **Human reference {r['source']['label']}**: {d['accuracy']:.3f} "
-            f"(normalized {_f(d.get('normalized'))}) — an embedding fitted to millions of "
+            f"(normalized {fmt(d.get('normalized'))}) — an embedding fitted to millions of "
             "human triplets sits far above every network, as it should; it also checks the "
             "pipeline (object order, triplet convention)."
         )
