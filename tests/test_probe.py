@@ -346,3 +346,30 @@ def test_simulated_supervision_recovers_spose_on_real_held_out_responses(data_di
         zero_shot.append(strict_accuracy(X, real[test]))
     assert np.mean(probe_acc) > np.mean(zero_shot) + 0.03
     assert np.mean(probe_acc) < 0.68  # cannot beat the human noise ceiling
+
+
+def test_warm_start_reaches_the_cold_start_optimum_on_real_data(data_dir):
+    """A warm start (previous lambda's weights, as ``warm_start=True`` does) optimises
+    the same objective: on the real SPoSE embedding and THINGS responses its final
+    training objective is no worse than the seeded cold start's and its held-out
+    cross-entropy stays close (the objective is non-convex; it has flat directions)."""
+    X, trip = spose(data_dir), things_triplets(data_dir)
+    train, test = ObjectKFold(3, 0).split(X.shape[0], trip)[0]
+    prev = None
+    for lam in (1e-1, 1e-2):
+        cold = TripletProbe(reg=lam).fit(X, trip[train])
+        warm = TripletProbe(reg=lam)
+        warm._fit_prepared(X, trip[train], prev)
+        prev = warm.weights_
+        assert warm.loss_curve_[-1] <= cold.loss_curve_[-1] + 1e-3
+        assert warm.loss(X, trip[test]) == pytest.approx(cold.loss(X, trip[test]), abs=0.05)
+        assert cold.loss(X, trip[test]) < math.log(3) - 0.05  # learned something
+
+
+def test_cross_validation_warm_start_picks_the_cold_start_lambda(planted):
+    X, _, trip = planted
+    kw = {"lambdas": (1e-1, 1e-2, 1e-3), "k": 3, "seed": 0, "refit": False}
+    warm = cross_validate_probe(X, trip, warm_start=True, **kw)
+    cold = cross_validate_probe(X, trip, warm_start=False, **kw)
+    assert warm.lambda_ == cold.lambda_
+    assert warm.cross_entropy <= cold.cross_entropy + 1e-3

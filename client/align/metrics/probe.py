@@ -387,6 +387,19 @@ class TripletProbe:
         ``X_val``/``val_triplets`` serve Adam's early stopping (``val_triplets`` index
         ``X_val`` when given, else ``X``); L-BFGS ignores them.
         """
+        Xa, trip, val = self._check_fit_inputs(X, triplets, X_val, val_triplets)
+        self._fit_validated(Xa, trip, val)
+        return self
+
+    def _check_fit_inputs(
+        self,
+        X: object,
+        triplets: object,
+        X_val: object | None,
+        val_triplets: object | None,
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """Check ``fit``'s inputs; set ``mean_``, ``std_``, ``n_features_in_``; return
+        ``X`` (float64), the triplets and the validation pair (or None)."""
         self._validate()
         Xa, missing = check_features(X, "X")
         trip = check_triplets(triplets, Xa.shape[0], "triplets")
@@ -411,15 +424,42 @@ class TripletProbe:
                 val = (Xv, vt)
         elif X_val is not None:
             raise InvalidInputError("val_triplets", "is missing", "triplets indexing X_val")
+        return Xa, trip, val
 
+    def _fit_prepared(self, Xa: np.ndarray, trip: np.ndarray, W_init: np.ndarray | None) -> None:
+        """``fit(Xa, trip)`` for inputs already checked by cross_validate_probe (float64,
+        triplets over present rows), starting from ``W_init`` (p, p) when given."""
+        self._validate()
+        present = Xa[~np.isnan(Xa).all(axis=1)]
+        self.mean_, self.std_ = float(present.mean()), float(present.std())
+        if not self.std_ > 0 or not math.isfinite(self.std_):
+            raise InvalidInputError("X", "is constant (global std 0)", "features that vary")
+        self.n_features_in_ = Xa.shape[1]
+        self._fit_validated(Xa, trip, None, W_init)
+
+    def _initial_weights(self, p: int) -> np.ndarray:
+        """The seeded initial ``W0`` (p, p) of ``init`` (float64)."""
+        if self.init == "normal":
+            gen = torch.Generator().manual_seed(self.seed)
+            return (torch.randn(p, p, generator=gen, dtype=torch.float64) * INIT_STD).numpy()
+        return np.eye(p) * self.tau
+
+    def _fit_validated(
+        self,
+        Xa: np.ndarray,
+        trip: np.ndarray,
+        val: tuple[np.ndarray, np.ndarray] | None,
+        W_init: np.ndarray | None = None,
+        local: np.ndarray | None = None,
+    ) -> None:
+        """Fit on checked inputs (``mean_``/``std_`` set), from ``W_init`` when given
+        (a warm start) or else from the seeded ``init``. ``local``: unlabeled rows for
+        a subclass's extra loss term (:meth:`_local_setup`, :meth:`_mix_local`)."""
+        p = Xa.shape[1]
         rng = np.random.default_rng(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
         dt = DTYPES[self.dtype]
         with _threads(self.n_threads):
-            if self.init == "normal":
-                W0 = torch.randn(p, p, generator=gen, dtype=torch.float64) * INIT_STD
-            else:
-                W0 = torch.eye(p, dtype=torch.float64) * self.tau
+            W0 = torch.as_tensor(self._initial_weights(p) if W_init is None else W_init)
             W = W0.to(dtype=dt, device=torch.device(self.device)).requires_grad_(True)
             b = (
                 torch.zeros(p, dtype=dt, device=torch.device(self.device), requires_grad=True)
@@ -427,15 +467,35 @@ class TripletProbe:
                 else None
             )
             if self.optimizer == "lbfgs":
-                self._fit_lbfgs(Xa, trip, W, b)
+                self._fit_lbfgs(Xa, trip, W, b, local)
             else:
                 if val is None and self.val_fraction > 0 and trip.shape[0] >= 10:
                     perm = rng.permutation(trip.shape[0])
                     n_val = max(1, round(self.val_fraction * trip.shape[0]))
                     val = (Xa, trip[perm[:n_val]])
                     trip = trip[perm[n_val:]]
-                self._fit_adam(Xa, trip, W, b, val, rng)
-        return self
+                self._fit_adam(Xa, trip, W, b, val, rng, local)
+
+    def _local_setup(
+        self, Ls: np.ndarray, full_batch: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Extra-term state from the standardised unlabeled rows ``Ls`` (float64):
+        (targets, row chunks). The plain probe has no extra term."""
+        return [], []
+
+    def _mix_local(
+        self,
+        ce: torch.Tensor,
+        Ls: torch.Tensor | None,
+        targets: list[torch.Tensor],
+        chunks: list[torch.Tensor],
+        W: torch.Tensor,
+        b: torch.Tensor | None,
+        step: int | None,
+    ) -> torch.Tensor:
+        """The data term from the triplet cross-entropy ``ce`` (the plain probe: ``ce``);
+        ``step`` is the Adam batch counter, None for the full-batch objective."""
+        return ce
 
     def _standardise(self, X: np.ndarray) -> np.ndarray:
         return (X - self.mean_) / self.std_
@@ -444,16 +504,25 @@ class TripletProbe:
         return bool(self.reduce) and not self.bias and self.reg_kind in ("frobenius", "squared")
 
     def _fit_lbfgs(
-        self, Xa: np.ndarray, trip: np.ndarray, W: torch.Tensor, b: torch.Tensor | None
+        self,
+        Xa: np.ndarray,
+        trip: np.ndarray,
+        W: torch.Tensor,
+        b: torch.Tensor | None,
+        local: np.ndarray | None = None,
     ) -> None:
         uniq, counts = _compress(trip)
-        objs, local = _localise(uniq)
+        objs, tloc = _localise(uniq)
         Xs64 = self._standardise(Xa[objs])
+        Ls64 = None if local is None else self._standardise(local)
+        targets64, chunk_rows = ([], []) if Ls64 is None else self._local_setup(Ls64, True)
         basis: tuple[np.ndarray, np.ndarray] | None = None
-        if self._reducible():
+        stacked = Xs64 if Ls64 is None else np.vstack([Xs64, Ls64])
+        if self._reducible() and stacked.shape[0] < stacked.shape[1]:
             # Exact reduction (see the class docstring): W = V B Q with V (p, r) spanning
-            # the training rows and Q (r, p) the row space of V^T W0, so optimise B (r, r).
-            _, sv, Vt = np.linalg.svd(Xs64, full_matrices=False)
+            # the training (and unlabeled) rows and Q (r, p) the row space of V^T W0, so
+            # optimise B (r, r). With at least as many rows as features it cannot reduce.
+            _, sv, Vt = np.linalg.svd(stacked, full_matrices=False)
             r = int(np.sum(sv > sv[0] * 1e-10)) if sv.size and sv[0] > 0 else 0
             if r == 0:
                 raise InvalidInputError("X", "training rows are constant", "varying features")
@@ -462,10 +531,15 @@ class TripletProbe:
             Qm, Rm = np.linalg.qr(A0.T)
             basis = (V, Qm.T)
             Xs64 = Xs64 @ V
+            if Ls64 is not None:
+                Ls64 = Ls64 @ V
             with torch.no_grad():
                 W = self._tensor(np.ascontiguousarray(Rm.T)).clone().requires_grad_(True)
         Xs = self._tensor(Xs64)
-        t = torch.as_tensor(local, device=Xs.device)
+        Ls = None if Ls64 is None else self._tensor(Ls64)
+        targets = [self._tensor(t_.numpy()) for t_ in targets64]
+        chunks = [c_.to(Xs.device) for c_ in chunk_rows]
+        t = torch.as_tensor(tloc, device=Xs.device)
         w = self._tensor(counts)
         params = [W] if b is None else [W, b]
         max_iter = self.max_iter or DEFAULT_MAX_ITER["lbfgs"]
@@ -484,7 +558,9 @@ class TripletProbe:
         def closure() -> torch.Tensor:
             opt.zero_grad()
             E = self._embed_t(Xs, W, b)
-            loss = _cross_entropy_t(_similarities_t(E, t), w) + self.reg * self._penalty_t(W)
+            ce = _cross_entropy_t(_similarities_t(E, t), w)
+            ce = self._mix_local(ce, Ls, targets, chunks, W, b, None)
+            loss = ce + self.reg * self._penalty_t(W)
             self._check_finite("loss", loss)
             loss.backward()
             self._check_finite("gradient", W.grad, None if b is None else b.grad)
@@ -523,9 +599,15 @@ class TripletProbe:
         b: torch.Tensor | None,
         val: tuple[np.ndarray, np.ndarray] | None,
         rng: np.random.Generator,
+        local: np.ndarray | None = None,
     ) -> None:
         objs_all, local_all = _localise(trip)
         Xs = self._tensor(self._standardise(Xa[objs_all]))
+        Ls64 = None if local is None else self._standardise(local)
+        Ls = None if Ls64 is None else self._tensor(Ls64)
+        targets, chunks = ([], []) if Ls64 is None else self._local_setup(Ls64, False)
+        chunks = [c_.to(Xs.device) for c_ in chunks]
+        step = 0
         params = [W] if b is None else [W, b]
         opt = torch.optim.Adam(params, lr=self.lr)
         epochs = self.max_iter or DEFAULT_MAX_ITER["adam"]
@@ -545,7 +627,9 @@ class TripletProbe:
                 rows, local = _localise(batch)
                 E = self._embed_t(Xs[torch.as_tensor(rows, device=Xs.device)], W, b)
                 S = _similarities_t(E, torch.as_tensor(local, device=Xs.device))
-                loss = _cross_entropy_t(S) + self.reg * self._penalty_t(W)
+                ce = self._mix_local(_cross_entropy_t(S), Ls, targets, chunks, W, b, step)
+                loss = ce + self.reg * self._penalty_t(W)
+                step += 1
                 self._check_finite("loss", loss)
                 opt.zero_grad()
                 loss.backward()
@@ -770,6 +854,7 @@ def cross_validate_probe(
     k: int = 3,
     seed: int = 0,
     refit: bool = True,
+    warm_start: bool = False,
     **probe_params: Any,
 ) -> ProbeResult:
     """Object-disjoint k-fold probe evaluation with lambda chosen by held-out cross-entropy.
@@ -780,6 +865,14 @@ def cross_validate_probe(
     held-out accuracy over folds at that lambda. Triplets touching a missing stimulus
     (all-NaN row of ``X``) are dropped first (``n_dropped``). With ``refit`` the probe
     is refit on all triplets at the chosen lambda (``result.probe``).
+
+    ``warm_start=True``: within a fold the lambdas run from large to small and each
+    fit starts from the previous lambda's weights (unless those collapsed to a norm
+    below the initialisation's) instead of the seeded init. Same objective and the
+    same training optimum within tolerance, but in the over-fitting regime (small
+    lambda, a non-convex objective with flat directions) the held-out cross-entropy
+    can differ by a few hundredths either way, so it is opt-in (bench/README.md
+    "probe" has the measured speed and losses).
     """
     Xa, missing = check_features(X, "X")
     trip = check_triplets(triplets, Xa.shape[0], "triplets")
@@ -788,6 +881,8 @@ def cross_validate_probe(
     grid = [_real(v, f"lambdas[{i}]") for i, v in enumerate(lambdas)]
     k = _int(k, "k", 2)
     seed = _int(seed, "seed", 0)
+    if not isinstance(warm_start, (bool, np.bool_)):
+        raise InvalidInputError("warm_start", f"is {warm_start!r}", "True or False")
     for bad_key in ("reg", "seed"):
         if bad_key in probe_params:
             raise InvalidInputError(
@@ -825,9 +920,21 @@ def cross_validate_probe(
     ce = np.zeros((len(grid), k))
     acc = np.zeros((len(grid), k))
     iters = np.zeros((len(grid), k), dtype=np.int64)
-    for j, lam in enumerate(grid):
-        for i, (train, test) in enumerate(splits):
-            probe = TripletProbe(reg=lam, **params).fit(Xa, trip[train])
+    # Warm start: per fold, lambdas from large to small, each fit starting from the
+    # previous lambda's solution unless that one has collapsed (||W||_F below the
+    # initialisation's: a strong unsquared penalty drives W to ~0, a poor start).
+    order = sorted(range(len(grid)), key=lambda j_: -grid[j_])
+    init_norm = float(np.linalg.norm(template._initial_weights(Xa.shape[1])))
+    for i, (train, test) in enumerate(splits):
+        prev: np.ndarray | None = None
+        for j in order:
+            probe = TripletProbe(reg=grid[j], **params)
+            if warm_start:
+                probe._fit_prepared(Xa, trip[train], prev)
+                if float(np.linalg.norm(probe.weights_)) > init_norm:
+                    prev = probe.weights_
+            else:
+                probe.fit(Xa, trip[train])
             ce[j, i] = probe.loss(Xa, trip[test])
             acc[j, i] = probe.score(Xa, trip[test])
             iters[j, i] = probe.n_iter_
