@@ -37,20 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .probe import (
-    DEFAULT_MAX_ITER,
-    INIT_STD,
-    TripletProbe,
-    _check_no_missing,
-    _compress,
-    _cross_entropy_t,
-    _localise,
-    _real,
-    _similarities_t,
-    _threads,
-    check_features,
-)
-from .splits import check_triplets
+from .probe import TripletProbe, _real, check_features
 
 __all__ = ["GLocalProbe", "knn_overlap", "local_loss"]
 
@@ -215,11 +202,7 @@ class GLocalProbe(TripletProbe):
         """Fit on ``triplets`` over rows of ``X`` and, when ``alpha > 0``, keep the
         neighbourhoods of the rows of ``X_local`` (module docstring)."""
         self._validate()
-        Xa, missing = check_features(X, "X")
-        trip = check_triplets(triplets, Xa.shape[0], "triplets")
-        if trip.shape[0] == 0:
-            raise InvalidInputError("triplets", "is empty", "at least one triplet")
-        _check_no_missing(trip, missing, "triplets")
+        Xa, trip, val = self._check_fit_inputs(X, triplets, X_val, val_triplets)
         p = Xa.shape[1]
         local: np.ndarray | None = None
         if self.alpha > 0:
@@ -235,51 +218,10 @@ class GLocalProbe(TripletProbe):
             local = La[~lmissing]
             if local.shape[0] < 2:
                 raise InvalidInputError("X_local", f"has {local.shape[0]} rows", ">= 2 rows")
-        present = Xa[~missing]
-        mean, std = float(present.mean()), float(present.std())
-        if not std > 0 or not math.isfinite(std):
-            raise InvalidInputError("X", "is constant (global std 0)", "features that vary")
-        self.mean_, self.std_ = mean, std
-        self.n_features_in_ = p
-
-        val: tuple[np.ndarray, np.ndarray] | None = None
-        if val_triplets is not None:
-            Xv, vmissing = (Xa, missing) if X_val is None else check_features(X_val, "X_val")
-            if Xv.shape[1] != p:
-                raise InvalidInputError("X_val", f"has {Xv.shape[1]} columns", f"{p} like X")
-            vt = check_triplets(val_triplets, Xv.shape[0], "val_triplets")
-            _check_no_missing(vt, vmissing, "val_triplets")
-            if vt.shape[0]:
-                val = (Xv, vt)
-        elif X_val is not None:
-            raise InvalidInputError("val_triplets", "is missing", "triplets indexing X_val")
-
-        # The same random draws, in the same order, as TripletProbe.fit.
-        rng = np.random.default_rng(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
-        dt = self._dtype()
-        dev = torch.device(self.device)
-        with _threads(self.n_threads):
-            if self.init == "normal":
-                W0 = torch.randn(p, p, generator=gen, dtype=torch.float64) * INIT_STD
-            else:
-                W0 = torch.eye(p, dtype=torch.float64) * self.tau
-            W = W0.to(dtype=dt, device=dev).requires_grad_(True)
-            b = torch.zeros(p, dtype=dt, device=dev, requires_grad=True) if self.bias else None
-            chunks = self._local_chunks(local)
-            if self.optimizer == "lbfgs":
-                self._fit_glocal_lbfgs(Xa, trip, local, chunks, W, b)
-            else:
-                if val is None and self.val_fraction > 0 and trip.shape[0] >= 10:
-                    perm = rng.permutation(trip.shape[0])
-                    n_val = max(1, round(self.val_fraction * trip.shape[0]))
-                    val = (Xa, trip[perm[:n_val]])
-                    trip = trip[perm[n_val:]]
-                self._fit_glocal_adam(Xa, trip, local, chunks, W, b, val, rng)
+        # TripletProbe's fit (same random draws, same optimisers) with the local term
+        # added through _local_setup / _mix_local.
+        self._fit_validated(Xa, trip, val, local=local)
         return self
-
-    def _dtype(self) -> torch.dtype:
-        return torch.float64 if self.dtype == "float64" else torch.float32
 
     def _local_chunks(self, local: np.ndarray | None) -> list[np.ndarray]:
         """Fixed, seeded row chunks of the unlabeled set (each >= 2 rows)."""
@@ -294,178 +236,45 @@ class GLocalProbe(TripletProbe):
             chunks.pop()
         return chunks
 
-    def _local_term(
+    def _local_setup(
+        self, Ls: np.ndarray, full_batch: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher matrices and row chunks of the standardised unlabeled rows ``Ls``.
+
+        Full batch (L-BFGS): teachers in float64 from the rows before any reduction;
+        Adam: in the fit dtype."""
+        chunk_rows = self._local_chunks(Ls)
+        if full_batch:
+            teachers = [_teacher_t(torch.as_tensor(Ls[r]), self.temperature) for r in chunk_rows]
+        else:
+            Lt = self._tensor(Ls)
+            teachers = [
+                _teacher_t(Lt[torch.as_tensor(r, device=Lt.device)], self.temperature)
+                for r in chunk_rows
+            ]
+        return teachers, [torch.as_tensor(r) for r in chunk_rows]
+
+    def _mix_local(
         self,
-        Ls: torch.Tensor,
-        teachers: list[torch.Tensor],
+        ce: torch.Tensor,
+        Ls: torch.Tensor | None,
+        targets: list[torch.Tensor],
         chunks: list[torch.Tensor],
         W: torch.Tensor,
         b: torch.Tensor | None,
+        step: int | None,
     ) -> torch.Tensor:
-        total = Ls.new_zeros(())
-        for teacher, rows in zip(teachers, chunks, strict=True):
-            E = self._embed_t(Ls[rows], W, b)
-            total = total + _local_loss_t(teacher, E, self.temperature)
-        return total / len(chunks)
-
-    def _fit_glocal_lbfgs(
-        self,
-        Xa: np.ndarray,
-        trip: np.ndarray,
-        local: np.ndarray | None,
-        chunk_rows: list[np.ndarray],
-        W: torch.Tensor,
-        b: torch.Tensor | None,
-    ) -> None:
-        uniq, counts = _compress(trip)
-        objs, tloc = _localise(uniq)
-        Xs64 = self._standardise(Xa[objs])
-        Ls64 = None if local is None else self._standardise(local)
-        teachers64 = (
-            []
-            if Ls64 is None
-            else [_teacher_t(torch.as_tensor(Ls64[r]), self.temperature) for r in chunk_rows]
-        )
-        basis: tuple[np.ndarray, np.ndarray] | None = None
-        if self._reducible():
-            # TripletProbe's exact reduction, with the unlabeled rows in the spanned space
-            # too: the objective depends on W only through Xs @ W and Ls @ W.
-            stacked = Xs64 if Ls64 is None else np.vstack([Xs64, Ls64])
-            _, sv, Vt = np.linalg.svd(stacked, full_matrices=False)
-            r = int(np.sum(sv > sv[0] * 1e-10)) if sv.size and sv[0] > 0 else 0
-            if r == 0:
-                raise InvalidInputError("X", "training rows are constant", "varying features")
-            V = Vt[:r].T
-            A0 = V.T @ W.detach().to("cpu", torch.float64).numpy()
-            Qm, Rm = np.linalg.qr(A0.T)
-            basis = (V, Qm.T)
-            Xs64 = Xs64 @ V
-            if Ls64 is not None:
-                Ls64 = Ls64 @ V
-            with torch.no_grad():
-                W = self._tensor(np.ascontiguousarray(Rm.T)).clone().requires_grad_(True)
-        Xs = self._tensor(Xs64)
-        Ls = None if Ls64 is None else self._tensor(Ls64)
-        teachers = [self._tensor(t.numpy()) for t in teachers64]
-        chunks = [torch.as_tensor(r, device=Xs.device) for r in chunk_rows]
-        t = torch.as_tensor(tloc, device=Xs.device)
-        w = self._tensor(counts)
-        params = [W] if b is None else [W, b]
-        max_iter = self.max_iter or DEFAULT_MAX_ITER["lbfgs"]
-        opt = torch.optim.LBFGS(
-            params,
-            lr=1.0,
-            max_iter=max_iter,
-            max_eval=max_iter * 2,
-            tolerance_grad=self.tol * 1e-3,
-            tolerance_change=self.tol,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
-        curve: list[float] = []
+        """``(1 - alpha) ce + alpha L_local``: all chunks averaged (full batch) or chunk
+        ``step`` mod the number of chunks (Adam)."""
         alpha = self.alpha
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            E = self._embed_t(Xs, W, b)
-            ce = _cross_entropy_t(_similarities_t(E, t), w)
-            if alpha > 0 and Ls is not None:
-                ce = (1.0 - alpha) * ce + alpha * self._local_term(Ls, teachers, chunks, W, b)
-            loss = ce + self.reg * self._penalty_t(W)
-            self._check_finite("loss", loss)
-            loss.backward()
-            self._check_finite("gradient", W.grad, None if b is None else b.grad)
-            curve.append(float(loss.detach()))
-            return loss
-
-        opt.step(closure)
-        self._check_finite("weights", W, b)
-        self.n_iter_ = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
-        self.loss_curve_ = curve
-        self.val_curve_: list[float] = []
-        if basis is None:
-            self._store(W, b)
-        else:
-            B = W.detach().to("cpu", torch.float64).numpy()
-            self.weights_ = basis[0] @ B @ basis[1]
-            self.bias_ = None
-
-    def _fit_glocal_adam(
-        self,
-        Xa: np.ndarray,
-        trip: np.ndarray,
-        local: np.ndarray | None,
-        chunk_rows: list[np.ndarray],
-        W: torch.Tensor,
-        b: torch.Tensor | None,
-        val: tuple[np.ndarray, np.ndarray] | None,
-        rng: np.random.Generator,
-    ) -> None:
-        objs_all, local_all = _localise(trip)
-        Xs = self._tensor(self._standardise(Xa[objs_all]))
-        Ls = None if local is None else self._tensor(self._standardise(local))
-        teachers = (
-            []
-            if Ls is None
-            else [
-                _teacher_t(Ls[torch.as_tensor(r, device=Ls.device)], self.temperature)
-                for r in chunk_rows
-            ]
-        )
-        chunks = [torch.as_tensor(r, device=Xs.device) for r in chunk_rows]
-        params = [W] if b is None else [W, b]
-        opt = torch.optim.Adam(params, lr=self.lr)
-        epochs = self.max_iter or DEFAULT_MAX_ITER["adam"]
-        m = local_all.shape[0]
-        best = math.inf
-        best_state = [p_.detach().clone() for p_ in params]
-        bad = 0
-        curve: list[float] = []
-        val_curve: list[float] = []
-        n_epochs = 0
-        step = 0
-        alpha = self.alpha
-        for _ in range(epochs):
-            n_epochs += 1
-            perm = rng.permutation(m)
-            total = 0.0
-            for start in range(0, m, self.batch_size):
-                batch = local_all[perm[start : start + self.batch_size]]
-                rows, tl = _localise(batch)
-                E = self._embed_t(Xs[torch.as_tensor(rows, device=Xs.device)], W, b)
-                loss = _cross_entropy_t(_similarities_t(E, torch.as_tensor(tl, device=Xs.device)))
-                if alpha > 0 and Ls is not None:
-                    j = step % len(chunks)
-                    El = self._embed_t(Ls[chunks[j]], W, b)
-                    loss = (1.0 - alpha) * loss + alpha * _local_loss_t(
-                        teachers[j], El, self.temperature
-                    )
-                loss = loss + self.reg * self._penalty_t(W)
-                step += 1
-                self._check_finite("loss", loss)
-                opt.zero_grad()
-                loss.backward()
-                self._check_finite("gradient", W.grad, None if b is None else b.grad)
-                opt.step()
-                total += float(loss.detach()) * batch.shape[0]
-            self._check_finite("weights", W, b)
-            curve.append(total / m)
-            if val is None:
-                continue
-            v = self._objective_np(val[0], val[1], W, b)
-            val_curve.append(v)
-            if v < best:
-                best, bad = v, 0
-                best_state = [p_.detach().clone() for p_ in params]
-            else:
-                bad += 1
-                if bad >= self.patience:
-                    break
-        if val is not None:
-            with torch.no_grad():
-                for p_, s_ in zip(params, best_state, strict=True):
-                    p_.copy_(s_)
-        self.n_iter_ = n_epochs
-        self.loss_curve_ = curve
-        self.val_curve_ = val_curve
-        self._store(W, b)
+        if alpha <= 0 or Ls is None:
+            return ce
+        if step is None:
+            total = Ls.new_zeros(())
+            for teacher, rows in zip(targets, chunks, strict=True):
+                E = self._embed_t(Ls[rows], W, b)
+                total = total + _local_loss_t(teacher, E, self.temperature)
+            return (1.0 - alpha) * ce + alpha * (total / len(chunks))
+        j = step % len(chunks)
+        El = self._embed_t(Ls[chunks[j]], W, b)
+        return (1.0 - alpha) * ce + alpha * _local_loss_t(targets[j], El, self.temperature)
