@@ -32,6 +32,7 @@ survives a transform (1 = all of it).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,52 +132,23 @@ class GLocalProbe(TripletProbe):
         alpha: float = 0.5,
         temperature: float = 0.1,
         local_batch_size: int = 512,
-        reg: float = 1e-3,
-        reg_kind: str = "frobenius",
-        init: str = "normal",
-        tau: float = 1.0,
-        normalize: bool = False,
-        bias: bool = False,
-        optimizer: str = "lbfgs",
-        max_iter: int | None = None,
-        tol: float = 1e-7,
-        lr: float = 1e-3,
-        batch_size: int = 256,
-        patience: int = 10,
-        val_fraction: float = 0.1,
-        dtype: str = "float64",
-        seed: int = 0,
-        device: str = "cpu",
-        n_threads: int | None = None,
-        reduce: bool = True,
+        **probe_params: Any,
     ) -> None:
         self.alpha = alpha
         self.temperature = temperature
         self.local_batch_size = local_batch_size
-        super().__init__(
-            reg=reg,
-            reg_kind=reg_kind,
-            init=init,
-            tau=tau,
-            normalize=normalize,
-            bias=bias,
-            optimizer=optimizer,
-            max_iter=max_iter,
-            tol=tol,
-            lr=lr,
-            batch_size=batch_size,
-            patience=patience,
-            val_fraction=val_fraction,
-            dtype=dtype,
-            seed=seed,
-            device=device,
-            n_threads=n_threads,
-            reduce=reduce,
-        )
+        for name in probe_params:
+            if name not in TripletProbe.param_names():
+                raise InvalidInputError(
+                    name,
+                    "is not a GLocalProbe option",
+                    "one of " + ", ".join(self.param_names()),
+                )
+        super().__init__(**probe_params)
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"GLocalProbe({args})"
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        return ("alpha", "temperature", "local_batch_size", *TripletProbe.param_names())
 
     def _validate(self) -> None:
         super()._validate()

@@ -295,7 +295,7 @@ class TripletProbe:
     def param_names(cls) -> tuple[str, ...]:
         import inspect
 
-        return tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+        return tuple(p for p in inspect.signature(TripletProbe.__init__).parameters if p != "self")
 
     def get_params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.param_names()}
@@ -313,7 +313,7 @@ class TripletProbe:
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"TripletProbe({args})"
+        return f"{type(self).__name__}({args})"
 
     def _validate(self) -> None:
         self.reg = _real(self.reg, "reg")
