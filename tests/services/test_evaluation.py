@@ -10,6 +10,7 @@ in flight instead of guessing with sleeps.
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 import uuid
 import warnings
@@ -172,15 +173,26 @@ def test_second_identical_score_is_a_cache_hit_in_prometheus(eval_service: Any, 
         assert b.last_cache_hit is True
     assert second.metrics == first.metrics
     port = server.server.metrics_port
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
+    expected = {
+        'align_cache_hits_total{kind="report",tier="memory"}': 1.0,
+        "align_report_computations_total": 1.0,
+        'align_requests_total{code="OK",method="Score"}': 2.0,
     }
-    assert samples['align_cache_hits_total{kind="report",tier="memory"}'] == 1.0
-    assert samples["align_report_computations_total"] == 1.0
-    assert samples['align_requests_total{code="OK",method="Score"}'] == 2.0
+    # The server counts a request when its handler returns, which can be just after the
+    # client has read the last streamed message: scrape until the counts have settled.
+    deadline = time.monotonic() + 10
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        samples = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.decode().splitlines()
+            if line and not line.startswith("#")
+        }
+        seen = {name: samples.get(name) for name in expected}
+        if seen == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert seen == expected
 
 
 def test_redis_stopped_mid_run_result_correct_and_errors_counted(
