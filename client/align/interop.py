@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataMissingError, InvalidInputError
-from .metrics.transfer import LinearTransform, load_transform
+from .metrics.transfer import LinearTransform, load_transform, save_transform
 
 TRANSFORM_FILE = "transform.npz"
 _MEASURES = {"cosine": "1 - cosine", "correlation": "1 - correlation", "euclidean": "euclidean"}
@@ -60,19 +60,9 @@ def write_thingsvision_transform(
     """Write ``transform`` (a fitted probe, LinearTransform, dict or .npz path) where
     thingsvision looks for it; returns the file path. Arrays: ``weights`` float32,
     ``mean``/``std`` float64 scalars, ``bias`` float32 when the transform has one."""
-    t = load_transform(transform)
     path = thingsvision_path(root, model_name, module_name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, np.ndarray] = {
-        "weights": t.weights.astype(np.float32),
-        "mean": np.asarray(t.mean, dtype=np.float64),
-        "std": np.asarray(t.std, dtype=np.float64),
-    }
-    if t.bias is not None:
-        arrays["bias"] = t.bias.astype(np.float32)
-    with path.open("wb") as fh:
-        np.savez(fh, **arrays)  # type: ignore[arg-type]
-    return path
+    return save_transform(transform, path)
 
 
 def read_thingsvision_transform(

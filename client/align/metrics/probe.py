@@ -40,9 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataMissingError, InvalidInputError, NumericalError
+from ..errors import InvalidInputError, NumericalError
 from ..results import Result, to_jsonable
 from .splits import ObjectKFold, check_triplets
+from .transfer import read_transform_file, save_transform, transform_from_arrays
 
 __all__ = [
     "LAMBDA_GRID",
@@ -729,59 +730,23 @@ class TripletProbe:
     # -- persistence -----------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write ``transform.npz`` (thingsvision format; see the module docstring)."""
+        """Write ``transform.npz`` (thingsvision format; see the module docstring), with
+        the probe's options as an extra ``align_options`` JSON string."""
         self._check_fitted()
-        path = Path(path)
-        arrays: dict[str, np.ndarray] = {
-            "weights": self.weights_.astype(np.float32),
-            "mean": np.asarray(self.mean_, dtype=np.float64),
-            "std": np.asarray(self.std_, dtype=np.float64),
-        }
-        if self.bias_ is not None:
-            arrays["bias"] = self.bias_.astype(np.float32)
         options = {k: v for k, v in self.get_params().items() if k != "n_threads"}
-        arrays["align_options"] = np.asarray(json.dumps(to_jsonable(options)))
-        with path.open("wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-        return path
+        extra = {"align_options": np.asarray(json.dumps(to_jsonable(options)))}
+        return save_transform(self, path, extra=extra)
 
     @classmethod
     def load(cls, path: str | Path) -> TripletProbe:
         """Read a ``transform.npz`` written by :meth:`save` or by thingsvision/gLocal."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataMissingError(f"{path}: no such transform file (expected transform.npz)")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise InvalidInputError(str(path), f"is not a readable .npz file ({exc})") from exc
-        for key in ("weights", "mean", "std"):
-            if key not in data:
-                raise InvalidInputError(
-                    str(path),
-                    f"has no key {key!r} (keys: {sorted(data)})",
-                    "keys weights, mean, std and optionally bias",
-                )
-        weights = data["weights"]
-        if weights.ndim != 2 or weights.shape[0] != weights.shape[1]:
+        data = read_transform_file(path)
+        t = transform_from_arrays(data, str(path))
+        p = t.weights.shape[0]
+        if t.weights.shape != (p, p):
             raise InvalidInputError(
-                f"{path}:weights", f"has shape {weights.shape}", "a square (p, p) matrix"
+                f"{path}:weights", f"has shape {t.weights.shape}", "a square (p, p) matrix"
             )
-        p = weights.shape[0]
-        scalars = {}
-        for key in ("mean", "std"):
-            arr = data[key]
-            if arr.size != 1 or not np.issubdtype(arr.dtype, np.number):
-                raise InvalidInputError(f"{path}:{key}", f"has shape {arr.shape}", "a scalar")
-            scalars[key] = float(arr.reshape(()))
-        if not (math.isfinite(scalars["mean"]) and math.isfinite(scalars["std"])):
-            raise InvalidInputError(f"{path}:mean/std", "is not finite", "finite scalars")
-        if scalars["std"] <= 0:
-            raise InvalidInputError(f"{path}:std", f"is {scalars['std']}", "a positive scalar")
-        bias = data.get("bias")
-        if bias is not None and bias.shape != (p,):
-            raise InvalidInputError(f"{path}:bias", f"has shape {bias.shape}", f"({p},)")
         options: dict[str, Any] = {}
         if "align_options" in data:
             try:
@@ -792,13 +757,10 @@ class TripletProbe:
                 ) from exc
         known = set(cls.param_names())
         probe = cls(**{k: v for k, v in options.items() if k in known})
-        probe.bias = bias is not None
-        probe.weights_ = weights.astype(np.float64)
-        probe.bias_ = None if bias is None else bias.astype(np.float64)
-        probe.mean_, probe.std_ = scalars["mean"], scalars["std"]
+        probe.bias = t.bias is not None
+        probe.weights_, probe.bias_ = t.weights, t.bias
+        probe.mean_, probe.std_ = t.mean, t.std
         probe.n_features_in_ = p
-        if not (np.isfinite(probe.weights_).all() and (bias is None or np.isfinite(bias).all())):
-            raise NumericalError(f"{path}: weights or bias hold NaN or infinity")
         return probe
 
 

@@ -74,7 +74,8 @@ def _scalar(value: Any, field_name: str) -> float:
     return out
 
 
-def _build(data: dict[str, Any], where: str) -> LinearTransform:
+def transform_from_arrays(data: dict[str, Any], where: str) -> LinearTransform:
+    """Validate the arrays of a transform (``where`` names their origin in errors)."""
     missing = [k for k in TRANSFORM_KEYS if k not in data or data[k] is None]
     if missing:
         raise InvalidInputError(
@@ -112,22 +113,9 @@ def load_transform(transform: Any) -> LinearTransform:
     if isinstance(transform, LinearTransform):
         return transform
     if isinstance(transform, (str, os.PathLike)):
-        path = Path(transform)
-        if not path.is_file():
-            raise DataMissingError(
-                f"{path}: no such transform file (expected a transform.npz with keys "
-                "weights, mean, std and optionally bias)"
-            )
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise InvalidInputError(
-                str(path), f"is not a readable .npz file ({exc})", "a transform.npz"
-            ) from exc
-        return _build(data, str(path))
+        return transform_from_arrays(read_transform_file(transform), str(transform))
     if isinstance(transform, dict):
-        return _build(dict(transform), "transform")
+        return transform_from_arrays(dict(transform), "transform")
     if hasattr(transform, "weights_"):
         data = {
             "weights": getattr(transform, "weights_", None),
@@ -135,12 +123,51 @@ def load_transform(transform: Any) -> LinearTransform:
             "mean": getattr(transform, "mean_", None),
             "std": getattr(transform, "std_", None),
         }
-        return _build(data, type(transform).__name__)
+        return transform_from_arrays(data, type(transform).__name__)
     raise InvalidInputError(
         "transform",
         f"is a {type(transform).__name__}",
         "a fitted TripletProbe, a transform.npz path, or a dict with weights, mean, std",
     )
+
+
+def read_transform_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """All arrays of a ``transform.npz`` (not validated: see :func:`load_transform`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataMissingError(
+            f"{path}: no such transform file (expected a transform.npz with keys "
+            "weights, mean, std and optionally bias)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(
+            str(path), f"is not a readable .npz file ({exc})", "a transform.npz"
+        ) from exc
+
+
+def save_transform(
+    transform: Any, path: str | os.PathLike[str], extra: dict[str, np.ndarray] | None = None
+) -> Path:
+    """Write ``transform`` (probe, LinearTransform, dict or .npz path) as the
+    ``transform.npz`` thingsvision reads: ``weights`` and ``bias`` (when there is one)
+    float32, ``mean``/``std`` float64 scalars, plus any ``extra`` arrays (ignored by
+    thingsvision). Returns the path."""
+    t = load_transform(transform)
+    arrays: dict[str, np.ndarray] = {
+        "weights": t.weights.astype(np.float32),
+        "mean": np.asarray(t.mean, dtype=np.float64),
+        "std": np.asarray(t.std, dtype=np.float64),
+    }
+    if t.bias is not None:
+        arrays["bias"] = t.bias.astype(np.float32)
+    arrays.update(extra or {})
+    path = Path(path)
+    with path.open("wb") as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
+    return path
 
 
 def apply_transform(X: Any, transform: Any, normalize: bool = False) -> np.ndarray:
