@@ -236,3 +236,39 @@ def test_score_many_sweeps_layers_into_one_frame(tmp_path: Path, tiny_dataset) -
     acc = frame[frame["value_name"] == "accuracy"]
     assert list(acc["layer"]) == ["penultimate", "0"]
     assert counter.images == 8  # both layers came from one pass over the images
+
+
+def _copy_dataset(dataset, folder: Path):
+    import dataclasses
+    import shutil
+
+    folder.mkdir()
+    paths = tuple(Path(shutil.copy(p, folder / Path(p).name)) for p in dataset.image_paths)
+    return dataclasses.replace(dataset, image_paths=paths)
+
+
+def test_the_same_images_in_another_folder_reuse_the_embedding(
+    tmp_path: Path, tiny_dataset
+) -> None:
+    cache = DiskCache(tmp_path / "cache")
+    counter = Counter()
+    model = make_model(counter)
+    score(model, tiny_dataset, cache)
+    moved = _copy_dataset(tiny_dataset, tmp_path / "elsewhere")
+    again = score(model, moved, cache)
+    assert counter.images == 8  # keyed by image content, not by where the files live
+    assert again.provenance["cache"] == "hit"
+
+
+def test_a_replaced_image_is_embedded_again(tmp_path: Path, tiny_dataset) -> None:
+    from PIL import Image
+
+    cache = DiskCache(tmp_path / "cache")
+    counter = Counter()
+    model = make_model(counter)
+    changed = _copy_dataset(tiny_dataset, tmp_path / "changed")
+    score(model, changed, cache)
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(changed.image_paths[3])
+    again = score(model, changed, cache)
+    assert counter.images == 16  # new content: the old features are not reused
+    assert again.provenance["cache"] == "miss"

@@ -66,22 +66,23 @@ def embedding_key(
 
 
 def stimuli_fingerprint(dataset: Any) -> str:
-    """Digest of the dataset's image files as (path, size, mtime): the dataset digest
-    covers ids and judgments but not the images, and replaced images must not reuse
-    features embedded from the old ones. "" when the dataset has no images."""
+    """Digest of the CONTENT of the dataset's image files, in stimulus order: the dataset
+    digest covers ids and judgments but not the images, and replaced images must not
+    reuse features embedded from the old ones. Paths do not enter it, so the same images
+    in another folder (a lab server's, a colleague's) give the same key. Each file is
+    hashed once per (path, mtime, size). "" when the dataset has no images."""
     paths = getattr(dataset, "image_paths", None)
     if paths is None:
         return ""
-    entries: list[Any] = []
+    entries: list[str | None] = []
     for p in paths:
         if p is None:
             entries.append(None)
             continue
         try:
-            st = os.stat(p)
-            entries.append([str(p), st.st_size, st.st_mtime_ns])
+            entries.append(digest.digest_file_cached(p))
         except OSError:
-            entries.append([str(p), None, None])
+            entries.append("unreadable")
     return digest.digest_json(entries)
 
 

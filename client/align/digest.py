@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,25 @@ def digest_file(path: str | Path) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+_file_digests: dict[tuple[str, int, int], str] = {}
+_file_digests_lock = threading.Lock()
+
+
+def digest_file_cached(path: str | Path) -> str:
+    """:func:`digest_file`, computed once per (real path, mtime, size) in this process:
+    weights files and stimulus images are hashed by content, but only when they change."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    key = (real, st.st_mtime_ns, st.st_size)
+    with _file_digests_lock:
+        hit = _file_digests.get(key)
+    if hit is None:
+        hit = digest_file(real)
+        with _file_digests_lock:
+            _file_digests[key] = hit
+    return hit
 
 
 def digest_array(array: np.ndarray) -> str:

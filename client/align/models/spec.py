@@ -10,12 +10,11 @@ embeddings.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..digest import digest_file, digest_json
+from ..digest import digest_file_cached, digest_json
 from ..errors import InvalidInputError
 
 Family = Literal["timm", "open_clip", "text", "features", "torch"]
@@ -126,34 +125,22 @@ class ModelSpec:
 
 
 # ----------------------------------------------------------------------------------------
-# Weights digests, cached per (path, mtime, size) so they are computed once per file.
-
-_digest_lock = threading.Lock()
-_digest_cache: dict[tuple[str, int, int], str] = {}
+# Weights digests: by content, each file hashed once per (path, mtime, size).
 
 
 def weights_digest(path: str | Path) -> str:
     """sha256 of a weights file (or of every file of a weights folder, in name order)."""
     p = Path(path)
     try:
-        st = p.stat()
+        if p.is_dir():
+            parts = [
+                f"{f.relative_to(p).as_posix()}:{digest_file_cached(f)}"
+                for f in sorted(q for q in p.rglob("*") if q.is_file())
+            ]
+            return digest_json(parts)
+        return digest_file_cached(p)
     except OSError as e:
         raise InvalidInputError("weights", f"cannot read {p}: {e.strerror}", "a file") from e
-    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
-    with _digest_lock:
-        hit = _digest_cache.get(key)
-    if hit is not None:
-        return hit
-    if p.is_dir():
-        parts = []
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
-            parts.append(f"{f.relative_to(p).as_posix()}:{weights_digest(f)}")
-        value = digest_json(parts)
-    else:
-        value = digest_file(p)
-    with _digest_lock:
-        _digest_cache[key] = value
-    return value
 
 
 def hub_online() -> bool:
