@@ -17,14 +17,7 @@ DATA_DIR = Path(os.environ.get("ALIGN_DATA_DIR", REPO_ROOT.parent / "shared" / "
 
 # Fixture modules of the service tests (real redis-server, real Ray Serve), registered
 # here so that each lives in its own file.
-pytest_plugins = [
-    name
-    for name, file in (
-        ("tests.services.redis_fixtures", "services/redis_fixtures.py"),
-        ("tests.services.serve_fixtures", "services/serve_fixtures.py"),
-    )
-    if (Path(__file__).parent / file).exists()
-]
+pytest_plugins = ["tests.services.redis_fixtures", "tests.services.serve_fixtures"]
 
 
 @pytest.fixture(scope="session")
