@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port
 from tests.test_deploy import DASHBOARD, REPO, dashboard_metric_names, environment, load_compose
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is not installed (extra 'serve')")
@@ -45,12 +45,6 @@ OPTIONS = {"n_bootstrap": 50}
 GPU_ONLY = {"ray_node_gram_used", "ray_node_gram_available", "ray_node_gpus_utilization"}
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def session_members(sid: int) -> list[int]:

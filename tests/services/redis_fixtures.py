@@ -20,13 +20,9 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port
+
 REDIS_BIN = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ping(port: int, timeout: float = 0.2) -> bool:

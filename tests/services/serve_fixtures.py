@@ -9,13 +9,14 @@ Fixture ``serve_embedding`` -> :class:`ServeEmbedding` (grpc address, the deploy
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(os.environ.get("ALIGN_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
@@ -33,12 +34,6 @@ WORKER_ENV = {
 
 #: torch threads of the family replicas (on CPU the bits of a result depend on it).
 REPLICA_TORCH_THREADS = 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

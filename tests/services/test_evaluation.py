@@ -428,7 +428,7 @@ def test_stop_refuses_new_calls_and_lets_inflight_finish(
 
 
 def test_embedding_service_down_is_unavailable_with_retry_advice(eval_service: Any):
-    from tests.services.redis_fixtures import free_port
+    from tests.ports import free_port
 
     server = eval_service(embedder=f"grpc://127.0.0.1:{free_port()}")
     error = raw_score(
@@ -473,7 +473,7 @@ def test_entry_point_serves_and_exits_cleanly_on_sigterm(tmp_path: Path):
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from tests.services.redis_fixtures import free_port
+    from tests.ports import free_port
 
     port = free_port()
     tokens = tmp_path / "tokens"

@@ -70,7 +70,7 @@ class RowsEmbeddingService(align_pb2_grpc.EmbeddingServiceServicer):
 def test_grpc_embedder_chunks_by_stimulus_id_and_matches_local(
     eval_service: Any, spose_npy: Path, data_dir: Path
 ):
-    from tests.services.redis_fixtures import free_port
+    from tests.ports import free_port
 
     model = f"features:{spose_npy}"
     service = RowsEmbeddingService(model, np.load(spose_npy), data_dir)

@@ -18,7 +18,8 @@ from align.remote import (
     parse_server,
 )
 
-from tests.services.redis_fixtures import ALICE, TOKENS, free_port
+from tests.ports import free_port
+from tests.services.redis_fixtures import ALICE, TOKENS
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
 
