@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 import scipy.stats
 from align.errors import InvalidInputError, NumericalError
-from align.evaluate import default_metrics, evaluate
+from align.evaluation import default_metrics, evaluate
 
 # -- independent readers of the raw files ------------------------------------------------
 

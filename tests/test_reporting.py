@@ -53,7 +53,7 @@ def test_running_twice_gives_the_same_numbers(runs: dict) -> None:
 
 def test_report_numbers_equal_the_library(runs: dict, data_dir: Path) -> None:
     from align.datasets import load_dataset, load_spose_embedding, load_vice_embedding
-    from align.evaluate import evaluate
+    from align.evaluation import evaluate
     from align.metrics.concepts import per_concept_accuracy
 
     things = load_dataset("things", data_dir)

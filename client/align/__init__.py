@@ -48,7 +48,7 @@ _LAZY = {
     "connect": "align.api",
     "Client": "align.api",
     "Report": "align.report",
-    "evaluate": "align.evaluate",
+    "evaluate": "align.evaluation",
     "load_dataset": "align.datasets",
     "list_datasets": "align.datasets",
 }
@@ -56,7 +56,7 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Client, connect, score, score_many
     from .datasets import list_datasets, load_dataset
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     from .report import Report
 
 
@@ -66,9 +66,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'align' has no attribute {name!r}")
-    imported = importlib.import_module(module)
-    # align.evaluate is the submodule, made callable (importing it rebinds the name anyway)
-    value = imported if name == module.rsplit(".", 1)[1] else getattr(imported, name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -28,7 +28,7 @@ from . import digest
 from ._version import METRIC_CODE_VERSION, __version__
 from .cache import DiskCache, embedding_key, report_key, stimuli_fingerprint
 from .errors import AlignError, InvalidInputError
-from .evaluate import check_options, evaluate, resolve_metrics
+from .evaluation import check_options, evaluate, resolve_metrics
 from .report import FRAME_COLUMNS, Report
 from .results import to_jsonable
 

@@ -170,7 +170,7 @@ def _print_json(data: Any) -> None:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from .api import EmbeddedBackend, is_features_path, resolve_dataset
-    from .evaluate import default_metrics
+    from .evaluation import default_metrics
 
     dataset = resolve_dataset(args.dataset, args.data_dir)
     metrics = list(args.metrics) if args.metrics else None
@@ -349,7 +349,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     from .api import features, resolve_dataset
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     out = Path(args.output)
     if out.suffix != ".npz":

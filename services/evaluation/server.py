@@ -292,7 +292,7 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
         """Validate, resolve model and dataset, and compute the cache keys exactly as
         embedded ``align.score`` does (same keys, same provenance)."""
         from align.api import ModelSource
-        from align.evaluate import check_options, resolve_metrics
+        from align.evaluation import check_options, resolve_metrics
 
         metrics, layer, options = self._validate(request)
         model = request.model.strip()
@@ -573,7 +573,7 @@ def _score_sync(plan: _Plan, X: Any, from_cache: bool, embed_time: float) -> tup
     """Metrics and the report, in a worker thread: the same evaluate() and provenance
     code as embedded ``align.score``. Returns (JSON to store, JSON to send)."""
     from align.api import provenance as build_provenance
-    from align.evaluate import evaluate
+    from align.evaluation import evaluate
     from align.report import Report
 
     t0 = time.perf_counter()

@@ -149,7 +149,7 @@ def run_source(source: Source, ctx: Context, cfg: ReportConfig) -> tuple[dict[st
     """All numbers for one source -> (JSON-able results, arrays for figures)."""
     import torch
 
-    from ..evaluate import evaluate
+    from ..evaluation import evaluate
     from ..metrics.bootstrap import bootstrap_mean_ci
     from ..metrics.concepts import per_concept_accuracy
     from ..metrics.glocal import knn_overlap

@@ -1,4 +1,6 @@
-"""evaluate(): the ONE place that maps a dataset's kind to the metrics that apply to it.
+"""align.evaluation: evaluate(), the ONE place that maps a dataset's kind to the metrics
+that apply to it. The package exports the function as ``align.evaluate`` (this module is
+named ``evaluation`` so that the function and the module never share a name).
 
 Used by the CLI, the embedded `align.score()`, the evaluation service and reports::
 
@@ -16,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import sys
-import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -378,21 +378,3 @@ _RUNNERS: Mapping[str, Callable[[np.ndarray, Any, dict[str, Any]], Result]] = {
     "rsa": _run_rsa,
     "wordsim": _run_wordsim,
 }
-
-
-class _CallableModule(types.ModuleType):
-    """``align.evaluate`` is both this module and the function: the package exports the
-    function under the module's own name, and importing the submodule rebinds that name
-    to the module, so the module forwards calls to the function."""
-
-    def __call__(
-        self,
-        features: Features,
-        dataset: Any,
-        metrics: str | Iterable[str] | None = None,
-        **options: Any,
-    ) -> dict[str, Result]:
-        return evaluate(features, dataset, metrics, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule
