@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "MissingStimuliWarning": "oddoneout",
     "OddOneOutResult": "oddoneout",
     "anchor_accuracy": "oddoneout",
+    "loo_noise_ceiling": "oddoneout",
     "noise_ceiling": "oddoneout",
     "odd_one_out": "oddoneout",
     "pairwise_triplet_similarities": "oddoneout",
@@ -28,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     # bootstrap
     "bootstrap_ci": "bootstrap",
     "bootstrap_mean_ci": "bootstrap",
+    "cluster_mean": "bootstrap",
+    "paired_cluster_difference": "bootstrap",
     # concepts
     "ConceptAccuracy": "concepts",
     "ConceptResult": "concepts",

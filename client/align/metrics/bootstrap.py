@@ -12,6 +12,16 @@ Two entry points:
   statistic depends only on how many times each DISTINCT unit value was drawn, so we
   draw multinomial counts over the distinct values (usually a handful: 0/1, or
   (correct, size) pairs) instead of materialising ``n_bootstrap x G`` indices.
+- :func:`cluster_mean` / :func:`paired_cluster_difference` - THE estimator of every
+  accuracy on triplet data (zero-shot, probe, per concept, per layer; METHODS.md section
+  2): the point estimate is the mean over responses (correct answers / responses) and
+  its interval resamples DISTINCT triplets (all responses of one travel together).
+  The paired variant takes two correctness vectors on the same responses and
+  recomputes both on the same resample, giving the interval of their difference.
+  Resamples are drawn explicitly, one ``rng.integers(0, G, G)`` per resample (so a
+  brute-force loop with the same seed draws the same resamples); above
+  ``_MAX_EXPLICIT`` group draws in all, the exact multinomial shortcut over distinct
+  unit values is used instead (same distribution, different stream).
 
 Intervals are percentile intervals: the ``(1 - confidence) / 2`` and
 ``(1 + confidence) / 2`` quantiles of the resampled statistics. Everything is seeded
@@ -20,23 +30,32 @@ Intervals are percentile intervals: the ``(1 - confidence) / 2`` and
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ..errors import InvalidInputError, NumericalError
+from ..results import Result
 
 __all__ = [
+    "ClusterEstimate",
+    "PairedEstimate",
     "bootstrap_ci",
     "bootstrap_mean_ci",
     "check_bootstrap_options",
+    "cluster_mean",
+    "distinct_triplet_groups",
+    "paired_cluster_difference",
     "percentile_interval",
     "resample_indices",
 ]
 
 # Above this many distinct unit values the multinomial shortcut stops paying off.
 _MAX_DISTINCT_VALUES = 4096
+# Explicit resampling (n_bootstrap x units group draws) up to this many draws in all.
+_MAX_EXPLICIT = 20_000_000
 
 
 def check_bootstrap_options(n_bootstrap: object, confidence: object, seed: object) -> None:
@@ -216,3 +235,181 @@ def bootstrap_mean_ci(
     if interval is None:  # pragma: no cover - finite inputs give finite ratios
         raise NumericalError("bootstrap_mean_ci: no finite resample")
     return interval
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterEstimate(Result):
+    """A mean over responses with its distinct-unit (cluster) bootstrap interval.
+
+    ``value`` = sum of values / number of responses; ``ci`` resamples the ``n_units``
+    units (distinct triplets) with replacement (None when ``n_bootstrap`` is 0).
+    """
+
+    value: float
+    ci: tuple[float, float] | None
+    n_units: int
+    n_values: int
+    n_bootstrap: int
+    confidence: float
+    seed: int
+    unit: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedEstimate(Result):
+    """Two means on the same responses and their difference ``a - b``, every interval
+    from the SAME cluster resamples (a paired interval for the difference)."""
+
+    a: float
+    b: float
+    difference: float
+    ci_a: tuple[float, float] | None
+    ci_b: tuple[float, float] | None
+    ci_difference: tuple[float, float] | None
+    n_units: int
+    n_values: int
+    n_bootstrap: int
+    confidence: float
+    seed: int
+    unit: str
+
+
+def _unit_sums(
+    columns: Sequence[np.ndarray], groups: object | None
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per-unit sums of each column and unit sizes (units: groups, or single values)."""
+    n = columns[0].size
+    if groups is None:
+        return [c.astype(np.float64) for c in columns], np.ones(n)
+    labels = _check_groups(groups, n)
+    if np.issubdtype(labels.dtype, np.integer) and n and labels.min() >= 0:
+        inverse = labels.astype(np.int64)
+    else:
+        _, inv = np.unique(labels, return_inverse=True)
+        inverse = inv.reshape(-1).astype(np.int64)
+    sizes = np.bincount(inverse).astype(np.float64)
+    used = sizes > 0
+    sums = [np.bincount(inverse, weights=c, minlength=sizes.size)[used] for c in columns]
+    return sums, sizes[used]
+
+
+def _cluster_ratio_stats(
+    sums: list[np.ndarray], sizes: np.ndarray, n_bootstrap: int, seed: int
+) -> np.ndarray:
+    """(n_bootstrap, len(sums)) resampled ratios sum(column) / sum(sizes)."""
+    rng = np.random.default_rng(seed)
+    G = sizes.size
+    stacked = np.stack([*sums, sizes], axis=1)  # (G, c + 1)
+    if G * n_bootstrap <= _MAX_EXPLICIT:
+        totals = np.empty((n_bootstrap, stacked.shape[1]))
+        for b in range(n_bootstrap):
+            drawn = rng.integers(0, G, size=G)
+            totals[b] = np.bincount(drawn, minlength=G).astype(np.float64) @ stacked
+    else:
+        distinct, counts = np.unique(stacked, axis=0, return_counts=True)
+        if distinct.shape[0] <= _MAX_DISTINCT_VALUES:
+            draws = rng.multinomial(G, counts / G, size=n_bootstrap).astype(np.float64)
+            totals = draws @ distinct
+        else:
+            totals = np.empty((n_bootstrap, stacked.shape[1]))
+            for b in range(n_bootstrap):
+                totals[b] = stacked[rng.integers(0, G, size=G)].sum(axis=0)
+    return totals[:, :-1] / totals[:, -1:]
+
+
+def _check_values(values: object, field: str, n: int | None = None) -> np.ndarray:
+    vals = np.asarray(values, dtype=np.float64).reshape(-1)
+    if vals.size == 0:
+        raise InvalidInputError(field, "is empty", "at least one value")
+    if n is not None and vals.size != n:
+        raise InvalidInputError(field, f"has {vals.size} values", f"{n}, one per response")
+    if not np.isfinite(vals).all():
+        raise NumericalError(f"{field}: values contain NaN or infinity")
+    return vals
+
+
+def cluster_mean(
+    values: object,
+    groups: object | None = None,
+    *,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    unit: str | None = None,
+) -> ClusterEstimate:
+    """Mean of ``values`` (e.g. 0/1 correctness per response) with a cluster bootstrap
+    interval over ``groups`` (the distinct triplet of each response; None: every value
+    is its own unit). The point estimate is the full-sample value of the resampled
+    statistic (responses-weighted mean), so estimate and interval agree."""
+    check_bootstrap_options(n_bootstrap, confidence, seed)
+    vals = _check_values(values, "values")
+    (sums,), sizes = _unit_sums([vals], groups)
+    ci = None
+    if n_bootstrap:
+        stats = _cluster_ratio_stats([sums], sizes, int(n_bootstrap), int(seed))
+        ci = percentile_interval(stats[:, 0], float(confidence))
+    return ClusterEstimate(
+        value=float(vals.mean()),
+        ci=ci,
+        n_units=int(sizes.size),
+        n_values=int(vals.size),
+        n_bootstrap=int(n_bootstrap),
+        confidence=float(confidence),
+        seed=int(seed),
+        unit=unit or ("distinct triplet" if groups is not None else "value"),
+    )
+
+
+def paired_cluster_difference(
+    values_a: object,
+    values_b: object,
+    groups: object | None = None,
+    *,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    unit: str | None = None,
+) -> PairedEstimate:
+    """``mean(a) - mean(b)`` of two value vectors on the SAME responses, with a paired
+    cluster bootstrap: each resample of the units recomputes both means, so the
+    interval of the difference keeps their correlation (and ``ci_a``/``ci_b`` equal
+    :func:`cluster_mean`'s intervals for the same seed when resampling explicitly)."""
+    check_bootstrap_options(n_bootstrap, confidence, seed)
+    a = _check_values(values_a, "values_a")
+    b = _check_values(values_b, "values_b", a.size)
+    (sa, sb), sizes = _unit_sums([a, b], groups)
+    ci_a = ci_b = ci_d = None
+    if n_bootstrap:
+        stats = _cluster_ratio_stats([sa, sb], sizes, int(n_bootstrap), int(seed))
+        ci_a = percentile_interval(stats[:, 0], float(confidence))
+        ci_b = percentile_interval(stats[:, 1], float(confidence))
+        ci_d = percentile_interval(stats[:, 0] - stats[:, 1], float(confidence))
+    ma, mb = float(a.mean()), float(b.mean())
+    return PairedEstimate(
+        a=ma,
+        b=mb,
+        difference=ma - mb,
+        ci_a=ci_a,
+        ci_b=ci_b,
+        ci_difference=ci_d,
+        n_units=int(sizes.size),
+        n_values=int(a.size),
+        n_bootstrap=int(n_bootstrap),
+        confidence=float(confidence),
+        seed=int(seed),
+        unit=unit or ("distinct triplet" if groups is not None else "value"),
+    )
+
+
+def distinct_triplet_groups(triplets: object) -> np.ndarray:
+    """``(m,)`` int64 label of each response's distinct triplet (the unordered set of its
+    three objects), the unit every triplet bootstrap resamples."""
+    T = np.asarray(triplets, dtype=np.int64)
+    if T.ndim != 2 or T.shape[1] != 3:
+        raise InvalidInputError("triplets", f"has shape {T.shape}", "an (m, 3) integer array")
+    canon = np.sort(T, axis=1)
+    _, inverse = np.unique(canon, axis=0, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64)

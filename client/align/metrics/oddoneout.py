@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, NumericalError
 from ..results import Result
-from .bootstrap import bootstrap_mean_ci, check_bootstrap_options
+from .bootstrap import check_bootstrap_options, cluster_mean
 
 __all__ = [
     "CHANCE",
@@ -50,6 +50,7 @@ __all__ = [
     "anchor_accuracy",
     "check_features",
     "check_triplets",
+    "loo_noise_ceiling",
     "noise_ceiling",
     "odd_one_out",
     "pairwise_triplet_similarities",
@@ -325,6 +326,7 @@ class _Groups:
     answer_group: np.ndarray  # (k,) ... their group
     answer_is_top: np.ndarray  # (k,) ... whether that answer ties for most common
     n_top: np.ndarray  # (g,) how many answers tie for most common
+    answer_counts: np.ndarray | None = None  # (k,) responses giving each combination
 
 
 def _canonical(T: np.ndarray, convention: str) -> tuple[np.ndarray, np.ndarray]:
@@ -391,6 +393,7 @@ def _group(T: np.ndarray, convention: str, n_objects: int) -> _Groups:
         answer_group=answer_group,
         answer_is_top=is_top,
         n_top=n_top,
+        answer_counts=counts,
     )
 
 
@@ -399,6 +402,60 @@ def _ceiling_from_groups(groups: _Groups) -> float | None:
     if not repeated.any():
         return None
     return float(groups.majority_share[repeated].mean())
+
+
+def _loo_ceiling_from_groups(groups: _Groups) -> float | None:
+    """Leave-one-response-out ceiling: each response of a repeated distinct triplet is
+    scored against the majority of the OTHER responses (1/k when k answers tie for that
+    majority and it is one of them); mean within a triplet, then over distinct triplets.
+
+    Removing one response with answer x: if x was the unique top answer (count t), the
+    others' top is t - 1, shared by x and every answer with count t - 1 (k = 1 + their
+    number); otherwise some other answer has at least x's old count, so x scores 0.
+    """
+    repeated = groups.sizes >= 2
+    if not repeated.any():
+        return None
+    g = groups.sizes.size
+    counts = _answer_counts(groups)
+    top = np.zeros(g, dtype=np.int64)
+    np.maximum.at(top, groups.answer_group, counts)
+    unique_top = groups.answer_is_top & (groups.n_top[groups.answer_group] == 1)
+    runner = counts == (top[groups.answer_group] - 1)
+    n_runner = np.bincount(groups.answer_group, weights=runner, minlength=g)
+    k = 1.0 + n_runner[groups.answer_group]
+    score = np.where(unique_top, counts / k, 0.0)  # every response with that answer
+    per_group = np.bincount(groups.answer_group, weights=score, minlength=g) / groups.sizes
+    return float(per_group[repeated].mean())
+
+
+def _answer_counts(groups: _Groups) -> np.ndarray:
+    """How many responses of its group gave each (group, answer) combination."""
+    if groups.answer_counts is not None:
+        return groups.answer_counts
+    return np.ones(groups.answer_group.size, dtype=np.int64)  # every response distinct
+
+
+def loo_noise_ceiling(triplets: object, convention: Convention = "odd-one-out") -> float:
+    """Leave-one-response-out human ceiling (METHODS.md section 2): each response of a
+    distinct triplet answered at least twice is scored against the majority answer of the
+    OTHER responses to it (1/k when k answers tie for that majority and it is one of
+    them); mean over the triplet's responses, then over distinct triplets. It is the
+    bound a model can actually reach (the in-sample :func:`noise_ceiling` counts each
+    response in its own majority). Raises InvalidInputError when no triplet repeats.
+    """
+    _check_choice(convention, "convention", CONVENTIONS)
+    arr = np.asarray(triplets)
+    n_objects = int(arr.max()) + 1 if arr.size and np.issubdtype(arr.dtype, np.number) else 0
+    T = check_triplets(arr, max(n_objects, 1))
+    ceiling = _loo_ceiling_from_groups(_group(T, convention, n_objects))
+    if ceiling is None:
+        raise InvalidInputError(
+            "triplets",
+            "no triplet was answered more than once, so there is no noise ceiling",
+            "repeated responses to the same distinct triplet",
+        )
+    return ceiling
 
 
 def noise_ceiling(triplets: object, convention: Convention = "odd-one-out") -> float:
@@ -435,6 +492,9 @@ class OddOneOutResult(Result):
     distinct triplets (variant "majority"). ``n_dropped`` counts responses dropped
     because they touch a missing stimulus. ``ceiling_source`` is "data", "given" or None.
     ``bootstrap_unit`` is "triplet" or "distinct triplet" (None without a CI).
+    ``ceiling`` is the in-sample noise ceiling (the paper's); ``ceiling_loo`` the
+    leave-one-response-out ceiling (computed from data only; None for a given ceiling)
+    and ``normalized_loo`` the accuracy normalized against it.
     """
 
     accuracy: float
@@ -456,6 +516,8 @@ class OddOneOutResult(Result):
     clip_normalized: bool
     ceiling_source: str | None
     bootstrap_unit: str | None
+    ceiling_loo: float | None = None
+    normalized_loo: float | None = None
 
 
 def _check_ceiling(ceiling: object, chance: float) -> float | None:
@@ -531,22 +593,29 @@ def _score(
         unit_groups = None
         bootstrap_unit = "distinct triplet"
 
-    accuracy = float(values.mean())
-    ci = bootstrap_mean_ci(
-        values, groups=unit_groups, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
+    # one estimator for the point and its interval (mean over responses; the interval
+    # resamples distinct triplets when some repeat)
+    estimate = cluster_mean(
+        values, unit_groups, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
     )
+    accuracy, ci = estimate.value, estimate.ci
     ceil: float | None
     source: str | None
+    ceil_loo: float | None = None
     if given_ceiling is not None:
         ceil, source = given_ceiling, "given"
     else:
         ceil = _ceiling_from_groups(groups)
         source = "data" if ceil is not None else None
-    normalized: float | None = None
-    if ceil is not None and ceil > chance:
-        normalized = (accuracy - chance) / (ceil - chance)
-        if clip_normalized:
-            normalized = max(0.0, normalized)
+        ceil_loo = _loo_ceiling_from_groups(groups)
+
+    def normalize(c: float | None) -> float | None:
+        if c is None or not c > chance:
+            return None
+        value = (accuracy - chance) / (c - chance)
+        return max(0.0, value) if clip_normalized else value
+
+    normalized = normalize(ceil)
     return OddOneOutResult(
         accuracy=accuracy,
         ci=ci,
@@ -567,6 +636,8 @@ def _score(
         clip_normalized=clip_normalized,
         ceiling_source=source,
         bootstrap_unit=bootstrap_unit if ci is not None else None,
+        ceiling_loo=ceil_loo,
+        normalized_loo=normalize(ceil_loo),
     )
 
 

@@ -1,0 +1,191 @@
+"""Statistics a reviewer would sign (issue 11, METHODS.md sections 2-5): the distinct-triplet
+cluster bootstrap and its paired variant against brute force, the leave-one-response-out
+THINGS ceiling against a direct loop on the real responses."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+from align.metrics.bootstrap import (
+    cluster_mean,
+    distinct_triplet_groups,
+    paired_cluster_difference,
+    percentile_interval,
+)
+from align.metrics.oddoneout import loo_noise_ceiling, noise_ceiling, odd_one_out
+
+
+def _things_triplets() -> np.ndarray:
+    from align.datasets import load_dataset
+    from align.errors import DataMissingError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one THINGS image is missing; triplets are not
+            ds = load_dataset("things")
+    except DataMissingError as exc:  # pragma: no cover - data directory absent
+        pytest.skip(f"THINGS triplets not available: {exc}")
+    return np.asarray(ds.triplets, dtype=np.int64)
+
+
+def _small_case(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """40 distinct triplets answered 1-6 times each; two correctness vectors."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 7, size=40)
+    groups = np.repeat(np.arange(40), sizes)
+    perm = rng.permutation(groups.size)  # responses of one triplet are not contiguous
+    groups = groups[perm]
+    a = (rng.random(groups.size) < 0.6).astype(float)
+    b = (rng.random(groups.size) < 0.5).astype(float)
+    return groups, a, b
+
+
+def _brute_force(groups: np.ndarray, columns: list[np.ndarray], B: int, seed: int) -> np.ndarray:
+    """Resample distinct triplets with replacement, concatenate all their responses, and
+    take each column's mean over the resampled responses; same rng draws as the library."""
+    rng = np.random.default_rng(seed)
+    units = np.unique(groups)
+    members = {u: np.flatnonzero(groups == u) for u in units}
+    out = np.empty((B, len(columns)))
+    for b in range(B):
+        drawn = units[rng.integers(0, units.size, size=units.size)]
+        idx = np.concatenate([members[u] for u in drawn])
+        out[b] = [c[idx].mean() for c in columns]
+    return out
+
+
+def test_cluster_mean_equals_brute_force_resampling_of_distinct_triplets() -> None:
+    groups, a, _ = _small_case()
+    est = cluster_mean(a, groups, n_bootstrap=400, seed=7)
+    brute = _brute_force(groups, [a], 400, 7)[:, 0]
+    assert est.value == pytest.approx(a.mean(), abs=1e-15)
+    assert est.ci == pytest.approx(percentile_interval(brute, 0.95), abs=1e-12)
+    assert est.n_units == 40 and est.n_values == groups.size
+    assert est.unit == "distinct triplet"
+
+
+def test_paired_difference_equals_brute_force_on_the_same_resamples() -> None:
+    groups, a, b = _small_case(1)
+    est = paired_cluster_difference(a, b, groups, n_bootstrap=300, seed=3)
+    brute = _brute_force(groups, [a, b], 300, 3)
+    assert est.difference == pytest.approx(a.mean() - b.mean(), abs=1e-15)
+    assert est.ci_difference == pytest.approx(
+        percentile_interval(brute[:, 0] - brute[:, 1], 0.95), abs=1e-12
+    )
+    assert est.ci_a == pytest.approx(percentile_interval(brute[:, 0], 0.95), abs=1e-12)
+    assert est.ci_b == pytest.approx(percentile_interval(brute[:, 1], 0.95), abs=1e-12)
+    # the paired interval of a vector against itself plus a constant shift is a point
+    same = paired_cluster_difference(a, a, groups, n_bootstrap=50, seed=0)
+    assert same.ci_difference == (0.0, 0.0)
+
+
+def test_paired_interval_is_narrower_than_unpaired_for_correlated_predictions() -> None:
+    groups, a, _ = _small_case(2)
+    rng = np.random.default_rng(5)
+    flip = rng.random(a.size) < 0.05
+    b = np.where(flip, 1 - a, a)  # b agrees with a on 95% of responses
+    paired = paired_cluster_difference(a, b, groups, n_bootstrap=500, seed=0)
+    wa = cluster_mean(a, groups, n_bootstrap=500, seed=0).ci
+    wb = cluster_mean(b, groups, n_bootstrap=500, seed=1).ci
+    assert paired.ci_difference is not None and wa is not None and wb is not None
+    paired_width = paired.ci_difference[1] - paired.ci_difference[0]
+    assert paired_width < 0.5 * ((wa[1] - wa[0]) + (wb[1] - wb[0]))
+
+
+def test_cluster_interval_is_wider_than_response_interval_when_triplets_repeat() -> None:
+    # 50 distinct triplets x 20 responses; correctness is mostly a property of the triplet
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(50), 20)
+    p = rng.random(50)
+    values = (rng.random(groups.size) < p[groups]).astype(float)
+    clustered = cluster_mean(values, groups, n_bootstrap=500, seed=0).ci
+    flat = cluster_mean(values, None, n_bootstrap=500, seed=0).ci
+    assert clustered is not None and flat is not None
+    assert clustered[1] - clustered[0] > 2.0 * (flat[1] - flat[0])
+
+
+def test_large_unit_counts_use_the_multinomial_shortcut_with_the_same_distribution() -> None:
+    from align.metrics import bootstrap as bmod
+
+    groups, a, b = _small_case(3)
+    explicit = paired_cluster_difference(a, b, groups, n_bootstrap=4000, seed=0)
+    old = bmod._MAX_EXPLICIT
+    try:
+        bmod._MAX_EXPLICIT = 0
+        shortcut = paired_cluster_difference(a, b, groups, n_bootstrap=4000, seed=0)
+    finally:
+        bmod._MAX_EXPLICIT = old
+    assert explicit.ci_difference is not None and shortcut.ci_difference is not None
+    assert shortcut.ci_difference == pytest.approx(explicit.ci_difference, abs=0.02)
+    assert shortcut.ci_a == pytest.approx(explicit.ci_a, abs=0.02)
+
+
+def test_distinct_triplet_groups_ignore_order_within_a_triplet() -> None:
+    T = np.array([[0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 1, 3], [3, 0, 1]])
+    g = distinct_triplet_groups(T)
+    assert g[0] == g[1] == g[2] and g[3] == g[4] and g[0] != g[3]
+
+
+def _loo_loop(T: np.ndarray) -> float:
+    by_triplet: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for t in T:
+        by_triplet[tuple(sorted(int(v) for v in t))].append(int(t[2]))
+    means = []
+    for answers in by_triplet.values():
+        if len(answers) < 2:
+            continue
+        scores = []
+        for i, ans in enumerate(answers):
+            counts = Counter(answers[:i] + answers[i + 1 :])
+            top = max(counts.values())
+            tied = [x for x, v in counts.items() if v == top]
+            scores.append(1.0 / len(tied) if ans in tied else 0.0)
+        means.append(np.mean(scores))
+    return float(np.mean(means))
+
+
+def test_loo_ceiling_on_a_hand_case() -> None:
+    # triplet {0,1,2}: answers 2,2,1 -> response '2' vs others {2,1}: tie of 2 -> 1/2 (x2);
+    # response '1' vs {2,2}: 0. mean 1/3. Triplet {3,4,5}: answers 5,5 -> 1 each. Mean 2/3.
+    T = np.array([[0, 1, 2], [1, 0, 2], [0, 2, 1], [3, 4, 5], [4, 3, 5], [6, 7, 8]])
+    assert loo_noise_ceiling(T) == pytest.approx((1 / 3 + 1) / 2)
+    assert loo_noise_ceiling(T) == pytest.approx(_loo_loop(T))
+    assert noise_ceiling(T) == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_both_things_ceilings_on_the_real_responses() -> None:
+    T = _things_triplets()
+    assert noise_ceiling(T) == pytest.approx(0.6722, abs=5e-5)  # the paper's 0.673
+    loo = loo_noise_ceiling(T)
+    assert loo == pytest.approx(0.6439, abs=5e-5)  # METHODS.md section 2
+    assert loo == pytest.approx(_loo_loop(T), abs=1e-12)
+
+
+def test_odd_one_out_reports_both_ceilings_and_normalizations() -> None:
+    T = _things_triplets()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1854, 8))
+    r = odd_one_out(X, T, n_bootstrap=0)
+    assert r.ceiling == pytest.approx(noise_ceiling(T))
+    assert r.ceiling_loo == pytest.approx(loo_noise_ceiling(T))
+    assert r.normalized_loo == pytest.approx((r.accuracy - 1 / 3) / (r.ceiling_loo - 1 / 3))
+    assert r.to_dict()["ceiling_loo"] == r.ceiling_loo
+    given = odd_one_out(X, T, ceiling=0.6, n_bootstrap=0)
+    assert given.ceiling_loo is None and given.normalized_loo is None
+
+
+def test_zero_shot_interval_is_the_cluster_bootstrap() -> None:
+    T = _things_triplets()
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1854, 16))
+    r = odd_one_out(X, T, n_bootstrap=200, seed=4)
+    from align.metrics.oddoneout import predict_odd_one_out
+
+    correct = (predict_odd_one_out(X, T) == 2).astype(float)
+    est = cluster_mean(correct, distinct_triplet_groups(T), n_bootstrap=200, seed=4)
+    assert r.accuracy == pytest.approx(est.value, abs=1e-15)
+    assert r.ci == pytest.approx(est.ci, abs=1e-12)
+    assert r.bootstrap_unit == "distinct triplet"
