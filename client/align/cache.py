@@ -65,15 +65,31 @@ def embedding_key(
     )
 
 
-def stimuli_fingerprint(dataset: Any) -> str:
+def stimuli_fingerprint(dataset: Any, store: DiskCache | None = None) -> str:
     """Digest of the CONTENT of the dataset's image files, in stimulus order: the dataset
     digest covers ids and judgments but not the images, and replaced images must not
     reuse features embedded from the old ones. Paths do not enter it, so the same images
     in another folder (a lab server's, a colleague's) give the same key. Each file is
-    hashed once per (path, mtime, size). "" when the dataset has no images."""
+    hashed once per (path, mtime, size) in a process; with ``store`` the whole
+    fingerprint is also memoised on disk under the (path, mtime, size) of every file, so
+    a fresh process stats the files instead of reading them. "" when the dataset has no
+    images."""
     paths = getattr(dataset, "image_paths", None)
     if paths is None:
         return ""
+    memo_key = None
+    if store is not None:
+        stats: list[Any] = []
+        for p in paths:
+            try:
+                st = os.stat(p) if p is not None else None
+            except OSError:
+                st = None
+            stats.append(None if st is None else [os.fspath(p), st.st_mtime_ns, st.st_size])
+        memo_key = digest.digest_json({"kind": "stimuli", "format": CACHE_FORMAT, "files": stats})
+        memo = store.get_meta(memo_key)
+        if memo is not None and isinstance(memo.get("fingerprint"), str):
+            return str(memo["fingerprint"])
     entries: list[str | None] = []
     for p in paths:
         if p is None:
@@ -83,7 +99,13 @@ def stimuli_fingerprint(dataset: Any) -> str:
             entries.append(digest.digest_file_cached(p))
         except OSError:
             entries.append("unreadable")
-    return digest.digest_json(entries)
+    fingerprint = digest.digest_json(entries)
+    if memo_key is not None and store is not None and "unreadable" not in entries:
+        try:
+            store.put_meta(memo_key, {"fingerprint": fingerprint})
+        except OSError:
+            pass  # only a memo
+    return fingerprint
 
 
 def report_key(
@@ -166,7 +188,22 @@ class DiskCache:
 
     # -- reports ---------------------------------------------------------------------
     def get_json(self, key: str) -> dict[str, Any] | None:
-        path = self.report_path(key)
+        return self._read_json(self.report_path(key))
+
+    def put_json(self, key: str, data: Mapping[str, Any]) -> Path:
+        return self._write_json(self.report_path(key), data)
+
+    # -- small memos (model specs, stimulus fingerprints): what makes a re-score cheap --
+    def meta_path(self, key: str) -> Path:
+        return self._path("meta", key, ".json")
+
+    def get_meta(self, key: str) -> dict[str, Any] | None:
+        return self._read_json(self.meta_path(key))
+
+    def put_meta(self, key: str, data: Mapping[str, Any]) -> Path:
+        return self._write_json(self.meta_path(key), data)
+
+    def _read_json(self, path: Path) -> dict[str, Any] | None:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -182,8 +219,7 @@ class DiskCache:
         self.hits += 1
         return data
 
-    def put_json(self, key: str, data: Mapping[str, Any]) -> Path:
-        path = self.report_path(key)
+    def _write_json(self, path: Path, data: Mapping[str, Any]) -> Path:
         text = json.dumps(to_jsonable(dict(data)), sort_keys=True).encode("utf-8")
 
         def write(f: Any) -> None:
@@ -195,7 +231,7 @@ class DiskCache:
     def clear(self) -> int:
         """Delete every entry; returns how many files were removed."""
         removed = 0
-        for kind in ("embeddings", "reports"):
+        for kind in ("embeddings", "reports", "meta"):
             for path in (self.root / kind).glob("*/*"):
                 if path.is_file():
                     _discard(path)

@@ -3,9 +3,12 @@
     client = align.connect("eval.example.org:50051", token="...")   # or ALIGN_SERVER/ALIGN_TOKEN
     report = client.score("timm/tf_efficientnet_lite0", "things")
 
-The server computes with the same code as embedded ``align.score`` and sends back
-``Report.to_dict()``, so the numbers and provenance digests are the same; the provenance
-says ``backend: remote``. Calls are retried with exponential backoff while the server is
+The server plans and assembles reports with the same code as embedded ``align.score``
+(`align.scoring`) and sends back ``Report.to_dict()``, so the numbers, cache keys and
+provenance digests are the same; the provenance says ``backend: remote`` and ``cache:
+hit|miss``. This module imports `align.scoring`, never `align.api` (no import cycle).
+
+Calls are retried with exponential backoff while the server is
 UNAVAILABLE; errors come back as the same exception classes the embedded library raises
 (InvalidInputError naming the field, NotFoundError with close matches, ...).
 
@@ -35,9 +38,14 @@ from .errors import (
     error_from_payload,
 )
 from .report import Report
-
-# Options the embedded backend reads as engine settings; they change no number.
-_ENGINE_OPTIONS = ("progress", "batch_size", "device")
+from .scoring import (
+    ENGINE_OPTIONS,
+    features_path,
+    is_dataset,
+    is_features_path,
+    load_features,
+    npz_key,
+)
 
 
 class ServiceUnavailableError(AlignError, ConnectionError):
@@ -170,8 +178,6 @@ class RemoteBackend:
         else:
             self._channel = grpc.insecure_channel(self.target, options=options)
         self._stub = align_pb2_grpc.EvaluationServiceStub(self._channel)
-        self.last_report_key: str | None = None
-        self.last_cache_hit: bool | None = None
 
     def __repr__(self) -> str:
         return f"RemoteBackend({self.server!r}, tls={self.tls})"
@@ -230,7 +236,7 @@ class RemoteBackend:
         ``cache=False`` asks the server to recompute instead of serving its cache."""
         opts = {k: v for k, v in dict(options or {}).items() if v is not None}
         show = opts.pop("progress", self.progress)
-        for name in _ENGINE_OPTIONS:
+        for name in ENGINE_OPTIONS:  # how the server embeds is the server's business
             opts.pop(name, None)
         request = self._score_request(model, dataset, metrics, layer, opts, cache is False)
         return self._retrying(lambda: self._stream(request, show))
@@ -244,10 +250,9 @@ class RemoteBackend:
         options: Mapping[str, Any],
         refresh: bool,
     ) -> Any:
-        from .api import features_path, is_features_path, load_features
         from .results import to_jsonable
 
-        if hasattr(dataset, "kind") and hasattr(dataset, "stimulus_ids"):
+        if is_dataset(dataset):
             ds_id = str(dataset.id)
             if ds_id.startswith("folder:"):
                 raise InvalidInputError(
@@ -276,7 +281,7 @@ class RemoteBackend:
                 X, key, label = model, None, ""
             else:
                 path = features_path(model)
-                X, key = load_features(path, key=layer if layer != "penultimate" else None)
+                X, key = load_features(path, key=npz_key(layer))
                 label = f"features:{path}"
             X = np.asarray(X)
             if X.ndim != 2 or X.dtype not in (np.float32, np.float64):
@@ -310,10 +315,9 @@ class RemoteBackend:
             calls = self._stub.Score(request, metadata=self._metadata, timeout=self.timeout_s)
             for msg in calls:
                 if msg.WhichOneof("final") == "report_json":
-                    self.last_report_key = msg.report_key or None
-                    self.last_cache_hit = bool(msg.cache_hit)
-                    report = Report.from_json(msg.report_json)
-                    return report
+                    # the server rebuilt it for this request: provenance has backend
+                    # "remote", cache "hit"|"miss" and the report key
+                    return Report.from_json(msg.report_json)
                 desc = msg.stage
                 if msg.queue_position:
                     desc = f"queued #{msg.queue_position}"

@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from align.cache import embedding_key, report_key
-from align.digest import digest_array
 from align.errors import InvalidInputError, ResourceLimitError
 from align.v1 import align_pb2, align_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -268,7 +266,7 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                 text = await self.cache.get_report(plan.key)
                 if text is not None:
                     log.info("report cache hit", extra={"key": plan.key, "who": who})
-                    yield self._final(text, plan.key, cache_hit=True)
+                    yield self._final(text, plan, cache_hit=True)
                     return
             flight = self._flights.get(plan.key)
             if flight is None:
@@ -286,23 +284,21 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                 raise flight.error
             assert flight.result is not None
             text, hit = flight.result
-            yield self._final(text, plan.key, cache_hit=hit)
+            yield self._final(text, plan, cache_hit=hit)
 
     async def _plan(self, request: align_pb2.ScoreRequest, who: str) -> _Plan:
-        """Validate, resolve model and dataset, and compute the cache keys exactly as
-        embedded ``align.score`` does (same keys, same provenance)."""
-        from align.api import ModelSource
-        from align.evaluation import check_options, resolve_metrics
+        """Validate, resolve model and dataset, and plan the request with
+        ``align.scoring``: the same keys and provenance as embedded ``align.score`` by
+        construction (the embedding key includes the stimulus-content fingerprint)."""
+        from align.scoring import ModelSource, features_source, make_plan
 
+        started = time.perf_counter()
         metrics, layer, options = self._validate(request)
         model = request.model.strip()
         ref: ModelRef | None = None
         if request.features:
             X = _decode_request_features(request)
-            d = digest_array(X)
-            source = ModelSource(
-                model or f"array:{d[:12]}", "features", d, features=X, layer=layer or None
-            )
+            source = features_source(X, model or None, layer or None)
             dataset = await self._load_dataset(request.dataset.strip())
         else:
             if not model:
@@ -320,6 +316,8 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                 resolved.spec_digest,
                 resolved.preprocessing,
                 layer=layer,
+                layers=tuple(resolved.layers),
+                modality=resolved.modality,
             )
         n = len(dataset.stimulus_ids)
         if n > self.config.max_stimuli:
@@ -327,43 +325,41 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                 f"dataset: {dataset.id} has {n} stimuli, over this server's limit of "
                 f"{self.config.max_stimuli} per request"
             )
-        if source.features is not None and source.features.shape[0] != n:
-            raise InvalidInputError(
-                "features",
-                f"has {source.features.shape[0]} rows",
-                f"{n} rows, one per stimulus of {dataset.id}",
-            )
-        names = resolve_metrics(dataset, metrics or None)
-        opts = dict(options)
-        if "concepts" in names and self.config.data_dir is not None:
-            opts.setdefault("data_dir", str(self.config.data_dir))
-        check_options(names, opts)
-        key_options = {k: v for k, v in opts.items() if k != "data_dir"}
-        if source.features is not None:
-            fkey = source.weights_digest
-        else:
-            fkey = embedding_key(
-                model_digest=source.weights_digest,
-                preprocessing=source.preprocessing,
-                layer=layer,
-                dataset_digest=str(dataset.digest),
-            )
-        key = report_key(
-            features_key=fkey,
-            dataset_digest=str(dataset.digest),
-            metrics=names,
-            options=key_options,
+        # make_plan checks the metrics, the options and the features' rows; the stimulus
+        # fingerprint reads the image files (memoised per path, mtime, size): a thread.
+        plan = await asyncio.to_thread(
+            make_plan,
+            source,
+            dataset,
+            metrics or None,
+            options,
+            layer=layer or None,
+            data_dir=self.config.data_dir,
         )
-        return _Plan(key, fkey, source, ref, dataset, names, opts, key_options, layer, who)
+        return _Plan(plan, ref, who, started)
 
-    def _final(self, text: str, key: str, cache_hit: bool) -> align_pb2.ScoreProgress:
+    def _final(self, text: str, plan: _Plan, cache_hit: bool) -> align_pb2.ScoreProgress:
+        """The last message: the report rebuilt around THIS request (its model id, time,
+        ``cache: hit|miss``), whoever computed it."""
+        from align.scoring import report_from_cache
+
+        wall = time.perf_counter() - plan.started if cache_hit else None
+        report = report_from_cache(
+            json.loads(text),
+            plan.plan,
+            wall_time=wall,
+            backend="remote",
+            cache="hit" if cache_hit else "miss",
+        )
+        if report is None:  # pragma: no cover - the server wrote it with assemble_report
+            raise InvalidInputError("report", "in the cache is unreadable", "a stored report")
         return align_pb2.ScoreProgress(
             stage="done",
             done=1,
             total=1,
             message="served from cache" if cache_hit else "computed",
-            report_json=text,
-            report_key=key,
+            report_json=report.to_json(),
+            report_key=plan.key,
             cache_hit=cache_hit,
         )
 
@@ -536,18 +532,37 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
 
 @dataclass
 class _Plan:
-    """One validated Score request, resolved."""
+    """One validated Score request: the ``align.scoring.Plan`` (every key, the metrics and
+    options, the source and dataset), the embedder's model ref and who asked."""
 
-    key: str  # report key (same as the embedded disk cache's)
-    fkey: str  # features key: embedding key, or the digest of given features
-    source: Any  # align.api.ModelSource
+    plan: Any  # align.scoring.Plan
     ref: ModelRef | None  # None for given features
-    dataset: Any
-    names: list[str]  # resolved metric names
-    options: dict[str, Any]  # for evaluate()
-    key_options: dict[str, Any]  # what enters the key and the provenance
-    layer: str | None
     who: str
+    started: float = 0.0  # perf_counter when the request was planned
+
+    @property
+    def key(self) -> str:  # report key (same as the embedded disk cache's)
+        return str(self.plan.report_key)
+
+    @property
+    def fkey(self) -> str:  # embedding key, or the digest of given features
+        return str(self.plan.features_key)
+
+    @property
+    def source(self) -> Any:
+        return self.plan.source
+
+    @property
+    def dataset(self) -> Any:
+        return self.plan.dataset
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.plan.names)
+
+    @property
+    def layer(self) -> str | None:
+        return self.plan.layer
 
 
 def _decode_request_features(request: align_pb2.ScoreRequest) -> Any:
@@ -570,31 +585,23 @@ def _decode_request_features(request: align_pb2.ScoreRequest) -> Any:
 
 
 def _score_sync(plan: _Plan, X: Any, from_cache: bool, embed_time: float) -> tuple[str, str]:
-    """Metrics and the report, in a worker thread: the same evaluate() and provenance
-    code as embedded ``align.score``. Returns (JSON to store, JSON to send)."""
-    from align.api import provenance as build_provenance
+    """Metrics and the report, in a worker thread: the same evaluate() and report
+    assembly (align.scoring) as embedded ``align.score``. Returns (JSON to store, JSON to
+    send)."""
     from align.evaluation import evaluate
-    from align.report import Report
+    from align.scoring import assemble_report, stored_form
 
     t0 = time.perf_counter()
-    results = evaluate(X, plan.dataset, plan.names, **plan.options)
-    source = plan.source
-    provenance = build_provenance(
-        source,
-        layer=source.layer,
-        dataset=plan.dataset,
-        names=plan.names,
-        options=plan.key_options,
-        features=X,
+    results = evaluate(X, plan.dataset, plan.names, **plan.plan.options)
+    report = assemble_report(
+        plan.plan,
+        results,
+        X,
         wall_time=embed_time + time.perf_counter() - t0,
         embedding_cache="hit" if from_cache else "miss",
+        backend="remote",
     )
-    provenance["backend"] = "remote"
-    metric_values: dict[str, Any] = dict(results)
-    report = Report(source.model_id, str(plan.dataset.id), metric_values, provenance)
-    stored = json.dumps(report.to_dict())
-    report.provenance["cache"] = "miss"
-    return stored, json.dumps(report.to_dict())
+    return json.dumps(stored_form(report)), report.to_json()
 
 
 # ----------------------------------------------------------------------------------------

@@ -90,12 +90,13 @@ class Source:
             )
         if self.kind == "text" and not dataset.words:
             raise DataMissingError(f"{dataset.id} has no words for a text model")
-        from ..api import EmbeddedBackend, open_cache, resolve_model
+        from ..api import EmbeddedBackend
+        from ..scoring import open_cache, resolve_model
 
         if self._backend is None:
             self._backend = EmbeddedBackend(progress=False)
         store = open_cache(self.cache)
-        src = resolve_model(self.id, layers[0])
+        src = resolve_model(self.id, layers[0], store)  # the same keys as align.score
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing images are reported as n_dropped
             out = self._backend.features(src, dataset, list(layers), store)
@@ -146,7 +147,7 @@ def resolve_source(
             _things_rows=rows,
         )
     if sid.startswith("features:") or sid.lower().endswith(".npy"):
-        from ..api import load_features
+        from ..scoring import load_features
 
         path = Path(sid.removeprefix("features:")).expanduser()
         X, _ = load_features(path)
