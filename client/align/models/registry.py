@@ -5,6 +5,10 @@ Id grammar::
     timm/<arch>[@random|@<checkpoint>]        any timm architecture
     open_clip/<arch>[@random|@<checkpoint>|@<pretrained tag>]
     text/<name>[@<sentence-transformers folder>]
+    onnx/<packaged graph>                     ONNX graphs (onnxruntime): sscd-resnet50, ...
+    hed/vgg16[@random]                        HED's VGG16 trunk (torch)
+    dlib/face-resnet                          dlib's face-recognition ResNet
+    glove/6b-50d                              GloVe word vectors
     features:<path.npy|.npz>                  precomputed features
     <any id registered with register_model>
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import threading
+from typing import Any
 
 import torch
 
@@ -30,9 +35,20 @@ ENTRIES: dict[str, tuple[str, str, str | None]] = {
     "timm/tf_efficientnet_lite2": ("timm", "tf_efficientnet_lite2", None),
     "timm/tf_efficientnet_lite0@random": ("timm", "tf_efficientnet_lite0", "random"),
     "text/all-MiniLM-L6-v2": ("text", "all-MiniLM-L6-v2", None),
+    # other objectives and training data (the `objectives` extra; see docs/DESIGN.md)
+    "onnx/sscd-resnet50": ("onnx", "sscd-resnet50", None),
+    "onnx/sscd-mobilenetv4": ("onnx", "sscd-mobilenetv4", None),
+    "onnx/open-nsfw-resnet50": ("onnx", "open-nsfw-resnet50", None),
+    "hed/vgg16": ("hed", "vgg16", None),
+    "dlib/face-resnet": ("dlib", "face-resnet", None),
+    "glove/6b-50d": ("glove", "6b-50d", None),
+    # random-init controls of those architectures
+    "hed/vgg16@random": ("hed", "vgg16", "random"),
+    "timm/resnet50@random": ("timm", "resnet50", "random"),
+    "timm/mobilenetv4_conv_small@random": ("timm", "mobilenetv4_conv_small", "random"),
 }
 
-_FAMILIES = ("timm/", "open_clip/", "text/", "features:")
+_FAMILIES = ("timm/", "open_clip/", "text/", "onnx/", "hed/", "dlib/", "glove/", "features:")
 _lock = threading.Lock()
 _registered: dict[str, str | EmbeddingModel] = {}
 
@@ -89,7 +105,7 @@ def get_spec(model_id: str) -> ModelSpec:
         model_id,
         _known_ids(),
         hint="(ids: timm/<arch>[@random|@ckpt], open_clip/<arch>[@ckpt], text/<name>, "
-        "features:<file.npy>)",
+        "onnx/<graph>, hed/vgg16, dlib/face-resnet, glove/6b-50d, features:<file.npy>)",
     )
 
 
@@ -106,10 +122,27 @@ def _make(model_id: str, family: str, name: str, weights: str | None) -> ModelSp
         from . import text_family
 
         return text_family.make_spec(model_id, name, weights)
+    if family in _OBJECTIVE_FAMILIES:
+        return _objective_module(family).make_spec(model_id, name, weights)
     from . import features
 
     location = model_id.partition(":")[2] if weights is None else f"{name}@{weights}"
     return features.make_spec(model_id, location)
+
+
+#: Families of the `objectives` extra: family -> module (imported on first use).
+_OBJECTIVE_FAMILIES = {
+    "onnx": "onnx_family",
+    "hed": "hed_family",
+    "dlib": "dlib_family",
+    "glove": "glove_family",
+}
+
+
+def _objective_module(family: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f".{_OBJECTIVE_FAMILIES[family]}", __package__)
 
 
 def list_models(pattern: str = "*") -> list[ModelSpec]:
@@ -151,6 +184,9 @@ def load_model(
         from . import text_family
 
         return text_family.load(spec, device)
+    if spec.family in _OBJECTIVE_FAMILIES:
+        loaded: EmbeddingModel = _objective_module(spec.family).load(spec, device)
+        return loaded
     if spec.family == "features":
         from . import features
 

@@ -17,7 +17,7 @@ from typing import Literal
 from ..digest import digest_file_cached, digest_json
 from ..errors import InvalidInputError
 
-Family = Literal["timm", "open_clip", "text", "features", "torch"]
+Family = Literal["timm", "open_clip", "text", "features", "torch", "onnx", "hed", "dlib", "glove"]
 Modality = Literal["image", "text"]
 WeightsSource = Literal["package", "file", "hub", "random", "memory"]
 
@@ -86,6 +86,36 @@ class Preprocessing:
             std=(float(std[0]), float(std[1]), float(std[2])),
             crop_mode=crop_mode,
         )
+
+
+@dataclass(frozen=True)
+class PixelPreprocessing(Preprocessing):
+    """A :class:`Preprocessing` with the extra steps of networks trained outside the
+    torchvision convention (Caffe-era and packaged ONNX graphs), applied in this order:
+
+    resize (as the base class) -> ``jpeg_quality`` > 0: a JPEG encode/decode round trip at
+    that quality (PIL, 4:2:0) -> centre crop -> scale and normalise -> ``channel_order``
+    ``"bgr"``: swap the channels. ``mean`` and ``std`` are given in RGB order in [0, 1]
+    units, so Caffe's "BGR minus [104, 117, 123] on 0-255 pixels" is
+    ``mean=(123/255, 117/255, 104/255), std=(1/255,)*3, channel_order="bgr"`` and raw 0-255
+    pixels are ``mean=(0,)*3, std=(1/255,)*3``. Every field is recorded in provenance and
+    in the cache keys (the base class's fields are unchanged, so the cache keys of the
+    other families are too).
+    """
+
+    channel_order: str = "rgb"
+    jpeg_quality: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.channel_order not in ("rgb", "bgr"):
+            raise InvalidInputError(
+                "preprocessing.channel_order", f"is {self.channel_order!r}", "'rgb' or 'bgr'"
+            )
+        if not 0 <= int(self.jpeg_quality) <= 100:
+            raise InvalidInputError(
+                "preprocessing.jpeg_quality", f"is {self.jpeg_quality!r}", "0 (none) to 100"
+            )
 
 
 @dataclass(frozen=True)
