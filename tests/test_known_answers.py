@@ -1,0 +1,437 @@
+"""Known answers for the science core, computed independently of the implementation.
+
+Each test states one behaviour with a number derived here from the rule text (an
+analytical distribution, a numpy objective written from METHODS.md, the optimality
+condition of the stated objective), never the implementation's own output. Each was
+checked by planting the wrong implementation it names and watching it fail
+(docs/mutation-report.md lists planted bug -> failing test).
+
+Everything goes through the public API (``align.metrics...``) so it survives refactors
+of the modules behind it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from align.metrics.oddoneout import anchor_accuracy, odd_one_out
+from align.metrics.rsa import rsa
+from align.metrics.wordsim import word_similarity
+from scipy import stats
+
+# --------------------------------------------------------------------------- helpers
+
+
+def repeated_triplets(n_distinct: int, reps: int, n_correct: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features and responses: ``n_distinct`` distinct triplets over disjoint objects,
+    each answered ``reps`` times, all answers to one triplet the same; the model gets the
+    first ``n_correct`` distinct triplets right and the others wrong (no ties).
+
+    Per distinct triplet (objects 3g, 3g+1, 3g+2): features make (3g, 3g+1) the most
+    similar pair, so the model's odd one out is 3g+2. A "correct" triplet's responses say
+    3g+2, a "wrong" one's say 3g.
+    """
+    rows = []
+    X = np.zeros((3 * n_distinct, 2))
+    for g in range(n_distinct):
+        a, b, c = 3 * g, 3 * g + 1, 3 * g + 2
+        X[a] = [1.0, 0.0]
+        X[b] = [0.9, 0.1]
+        X[c] = [0.0, 1.0]
+        row = [a, b, c] if g < n_correct else [b, c, a]
+        rows += [row] * reps
+    return X, np.asarray(rows, dtype=np.int64)
+
+
+def binomial_mean_quantiles(n: int, p: float, q: float) -> float:
+    """The q-quantile of Binomial(n, p) / n (the resampled mean of n 0/1 units)."""
+    return float(stats.binom.ppf(q, n, p) / n)
+
+
+# --------------------------------------------------------------------------- bootstrap unit
+
+
+def test_odd_one_out_ci_resamples_distinct_triplets_not_responses() -> None:
+    # 10 distinct triplets, 20 identical responses each, 5 of 10 right: the independent
+    # unit is the distinct triplet, so a resample's accuracy is Binomial(10, 0.5) / 10
+    # (every group has the same size). Its 2.5 % / 97.5 % quantiles are 0.2 and 0.8.
+    # Resampling the 200 responses instead would give Binomial(200, 0.5) / 200, whose
+    # quantiles are about 0.43 and 0.57.
+    X, T = repeated_triplets(10, 20, 5)
+    r = odd_one_out(X, T, n_bootstrap=4000, seed=3)
+    assert r.accuracy == 0.5 and r.n_responses == 200 and r.n_distinct == 10
+    assert r.ci is not None
+    lo, hi = r.ci
+    assert binomial_mean_quantiles(10, 0.5, 0.025) == pytest.approx(0.2)
+    assert 0.1 <= lo <= 0.2 + 1e-12
+    assert 0.8 - 1e-12 <= hi <= 0.9
+    # the response-level interval would be far narrower: make sure we are not near it
+    assert hi - lo > 2 * (
+        binomial_mean_quantiles(200, 0.5, 0.975) - binomial_mean_quantiles(200, 0.5, 0.025)
+    )
+
+
+def test_majority_variant_ci_is_over_distinct_triplets() -> None:
+    X, T = repeated_triplets(10, 20, 5)
+    r = odd_one_out(X, T, variant="majority", n_bootstrap=4000, seed=3)
+    assert r.accuracy == 0.5 and r.n_triplets == 10
+    assert r.ci is not None
+    assert 0.1 <= r.ci[0] <= 0.2 + 1e-12 and 0.8 - 1e-12 <= r.ci[1] <= 0.9
+
+
+def test_single_responses_ci_matches_the_binomial_quantiles() -> None:
+    # 400 distinct triplets answered once, 200 right: the resampled accuracy is
+    # Binomial(400, 0.5) / 400 with 2.5 % / 97.5 % quantiles 0.45 / 0.55 (+- one step).
+    X, T = repeated_triplets(400, 1, 200)
+    r = odd_one_out(X, T, n_bootstrap=4000, seed=1)
+    assert r.ci is not None
+    lo_ref = binomial_mean_quantiles(400, 0.5, 0.025)
+    hi_ref = binomial_mean_quantiles(400, 0.5, 0.975)
+    assert r.ci[0] == pytest.approx(lo_ref, abs=0.0051)
+    assert r.ci[1] == pytest.approx(hi_ref, abs=0.0051)
+
+
+# --------------------------------------------------------------------------- confidence
+
+
+@pytest.mark.parametrize("confidence", [0.5, 0.8, 0.99])
+def test_odd_one_out_interval_has_the_requested_confidence(confidence: float) -> None:
+    X, T = repeated_triplets(400, 1, 200)
+    r = odd_one_out(X, T, n_bootstrap=4000, seed=2, confidence=confidence)
+    assert r.ci is not None and r.confidence == confidence
+    tail = (1 - confidence) / 2
+    lo_ref = binomial_mean_quantiles(400, 0.5, tail)
+    hi_ref = binomial_mean_quantiles(400, 0.5, 1 - tail)
+    assert r.ci[0] == pytest.approx(lo_ref, abs=0.0051)
+    assert r.ci[1] == pytest.approx(hi_ref, abs=0.0051)
+
+
+def test_anchor_interval_has_the_requested_confidence() -> None:
+    # anchor (a, b, c): correct when s(a, b) > s(a, c). 200 of 400 right.
+    X, T = repeated_triplets(400, 1, 200)
+    anchor = T[:, [0, 1, 2]].copy()
+    # correct rows [a, b, c] (b closer to a); wrong rows were [b, c, a]: anchor b, c is
+    # farther from b than a is -> wrong.
+    r50 = anchor_accuracy(X, anchor, n_bootstrap=4000, seed=2, confidence=0.5)
+    r99 = anchor_accuracy(X, anchor, n_bootstrap=4000, seed=2, confidence=0.99)
+    assert r50.accuracy == 0.5
+    assert r50.ci is not None and r99.ci is not None
+    assert r50.ci[0] == pytest.approx(binomial_mean_quantiles(400, 0.5, 0.25), abs=0.0051)
+    assert r99.ci[0] == pytest.approx(binomial_mean_quantiles(400, 0.5, 0.005), abs=0.0051)
+
+
+def _wordsim_data(n: int = 60, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(2 * n)]
+    E = rng.normal(size=(2 * n, 8))
+    pairs = [(f"w{2 * i}", f"w{2 * i + 1}") for i in range(n)]
+    cos = np.array(
+        [
+            E[2 * i] @ E[2 * i + 1] / np.linalg.norm(E[2 * i]) / np.linalg.norm(E[2 * i + 1])
+            for i in range(n)
+        ]
+    )
+    scores = cos + rng.normal(scale=0.5, size=n)
+    return E, words, pairs, scores, cos
+
+
+def _naive_wordsim_ci(cos, scores, confidence, n_boot=4000, seed=123):
+    """Percentile bootstrap of Spearman over pairs, a plain loop (independent RNG)."""
+    rng = np.random.default_rng(seed)
+    n = len(cos)
+    boot = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        boot.append(stats.spearmanr(cos[idx], scores[idx]).statistic)
+    tail = (1 - confidence) / 2
+    return np.quantile(boot, [tail, 1 - tail])
+
+
+@pytest.mark.parametrize("confidence", [0.5, 0.95])
+def test_word_similarity_interval_matches_a_naive_bootstrap(confidence: float) -> None:
+    E, words, pairs, scores, cos = _wordsim_data()
+    r = word_similarity(E, words, pairs, scores, n_bootstrap=4000, confidence=confidence)
+    assert r.spearman == pytest.approx(stats.spearmanr(cos, scores).statistic)
+    ref = _naive_wordsim_ci(cos, scores, confidence)
+    assert r.ci is not None
+    # Monte-Carlo error of a percentile with 4000 resamples is ~0.01 here.
+    assert r.ci[0] == pytest.approx(ref[0], abs=0.03)
+    assert r.ci[1] == pytest.approx(ref[1], abs=0.03)
+
+
+def test_word_similarity_interval_follows_its_seed() -> None:
+    E, words, pairs, scores, _ = _wordsim_data()
+    a = word_similarity(E, words, pairs, scores, n_bootstrap=200, seed=1)
+    b = word_similarity(E, words, pairs, scores, n_bootstrap=200, seed=1)
+    c = word_similarity(E, words, pairs, scores, n_bootstrap=200, seed=2)
+    assert a.ci == b.ci  # same seed, same interval
+    assert a.ci != c.ci  # another seed draws other resamples (continuous data)
+
+
+def test_rsa_interval_has_the_requested_confidence() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 5))
+    human = np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1)) + rng.uniform(0, 2, (30, 30))
+    human = (human + human.T) / 2
+    np.fill_diagonal(human, 0)
+    wide = rsa(X, human, n_bootstrap=500, seed=4, confidence=0.95)
+    narrow = rsa(X, human, n_bootstrap=500, seed=4, confidence=0.5)
+    assert wide.ci is not None and narrow.ci is not None
+    assert wide.ci[0] < narrow.ci[0] < narrow.ci[1] < wide.ci[1]
+    other = rsa(X, human, n_bootstrap=500, seed=5, confidence=0.95)
+    assert other.ci != wide.ci
+
+
+# --------------------------------------------------------------------------- probe objective
+
+
+def _numpy_objective(X, T, W, reg, reg_kind, normalize, b=None):
+    """The probe objective written from METHODS.md section 3, in numpy (float64)."""
+    Xs = (X - X.mean()) / X.std()
+    E = Xs @ W
+    if b is not None:
+        E = E + b
+    if normalize:
+        E = E / np.linalg.norm(E, axis=1, keepdims=True)
+    a, bb, c = E[T[:, 0]], E[T[:, 1]], E[T[:, 2]]
+    S = np.stack([(a * bb).sum(1), (a * c).sum(1), (bb * c).sum(1)], axis=1)
+    ce = float(np.mean(np.log(np.exp(S).sum(1)) - S[:, 0]))
+    if reg_kind == "frobenius":
+        pen = float(np.sqrt((W**2).sum()))
+    elif reg_kind == "squared":
+        pen = float((W**2).sum())
+    else:
+        pen = float(((W - np.mean(np.diag(W)) * np.eye(W.shape[0])) ** 2).sum())
+    return ce + reg * pen
+
+
+def _torch_objective_grad(X, T, W, reg, reg_kind, normalize):
+    """Gradient of the same objective (autograd on an independent torch rewrite)."""
+    import torch
+
+    Xs = torch.as_tensor((X - X.mean()) / X.std())
+    Wt = torch.as_tensor(W).clone().requires_grad_(True)
+    E = Xs @ Wt
+    if normalize:
+        E = E / E.norm(dim=1, keepdim=True)
+    t = torch.as_tensor(T)
+    a, b, c = E[t[:, 0]], E[t[:, 1]], E[t[:, 2]]
+    S = torch.stack(((a * b).sum(1), (a * c).sum(1), (b * c).sum(1)), 1)
+    ce = (torch.logsumexp(S, 1) - S[:, 0]).mean()
+    if reg_kind == "frobenius":
+        pen = torch.sqrt((Wt**2).sum())
+    elif reg_kind == "squared":
+        pen = (Wt**2).sum()
+    else:
+        pen = ((Wt - torch.diagonal(Wt).mean() * torch.eye(W.shape[0], dtype=Wt.dtype)) ** 2).sum()
+    (ce + reg * pen).backward()
+    assert Wt.grad is not None
+    return Wt.grad.numpy()
+
+
+def probe_data(n: int = 24, p: int = 5, m: int = 120, seed: int = 0):
+    """Features with structure and triplets whose human pair is the model's closest
+    pair under a hidden transform, with 20 % label noise (a learnable, non-trivial task)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, p)) * 2.0 + 0.5
+    M = rng.normal(size=(p, p))
+    Z = X @ M
+    trips = []
+    while len(trips) < m:
+        a, b, c = rng.choice(n, 3, replace=False)
+        s = {(a, b): Z[a] @ Z[b], (a, c): Z[a] @ Z[c], (b, c): Z[b] @ Z[c]}
+        pair = max(s, key=s.get)
+        odd = ({a, b, c} - set(pair)).pop()
+        if rng.random() < 0.2:
+            pair = (pair[0], odd)
+            odd = ({a, b, c} - set(pair)).pop()
+        trips.append([pair[0], pair[1], odd])
+    return X, np.asarray(trips, dtype=np.int64)
+
+
+@pytest.mark.parametrize("reg_kind", ["frobenius", "squared", "identity"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_probe_first_objective_is_the_stated_loss_at_the_initial_weights(
+    reg_kind: str, normalize: bool
+) -> None:
+    # init="identity": W0 = tau * I, known without the implementation. The first entry
+    # of loss_curve_ is the L-BFGS objective at W0 (n_objects > p: nothing is reduced).
+    from align.metrics.probe import TripletProbe
+
+    X, T = probe_data()
+    tau, reg = 0.7, 0.5
+    probe = TripletProbe(
+        reg=reg, reg_kind=reg_kind, init="identity", tau=tau, normalize=normalize, max_iter=3
+    ).fit(X, T)
+    W0 = tau * np.eye(X.shape[1])
+    expected = _numpy_objective(X, T, W0, reg, reg_kind, normalize)
+    assert probe.loss_curve_[0] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("reg_kind", "reg"), [("frobenius", 0.05), ("squared", 0.05), ("identity", 0.3)]
+)
+def test_fitted_probe_is_a_stationary_point_of_the_stated_objective(
+    reg_kind: str, reg: float
+) -> None:
+    # The optimum of CE + reg * R(W) has zero gradient; R is written here from the rule
+    # text (unsquared ||W||_F, squared ||W||_F^2, identity: sum((W - mean(diag W) I)^2)),
+    # so a probe that minimised another penalty is far from stationary for this one
+    # (measured: >= 1e-2 for each wrong penalty, ~1e-7 for the right one). Identity init:
+    # W = 0 is a local minimum of the unsquared penalty (the loss is flat to first order
+    # there), so a normal init near 0 would collapse to it. normalize=False: with cosine
+    # similarities the objective is scale-free and the optimum degenerates.
+    from align.metrics.probe import TripletProbe
+
+    X, T = probe_data()
+    probe = TripletProbe(reg=reg, reg_kind=reg_kind, init="identity", tol=1e-12, max_iter=2000).fit(
+        X, T
+    )
+    W = probe.weights_
+    assert np.sqrt((W**2).sum()) > 0.5  # not collapsed to the kink at 0
+    g = _torch_objective_grad(X, T, W, reg, reg_kind, False)
+    assert np.abs(g).max() < 1e-4, np.abs(g).max()
+    # and the penalty matters at this reg: the unpenalised gradient is far from zero
+    g0 = _torch_objective_grad(X, T, W, 0.0, reg_kind, False)
+    assert np.abs(g0).max() > 1e-2
+
+
+def test_probe_transform_normalises_rows_only_when_asked() -> None:
+    from align.metrics.probe import TripletProbe
+
+    X, T = probe_data()
+    E = TripletProbe(reg=0.1, normalize=True, init="identity").fit(X, T).transform(X)
+    np.testing.assert_allclose(np.linalg.norm(E, axis=1), 1.0, rtol=1e-12)
+
+
+def test_adam_stops_early_and_keeps_the_best_validation_weights() -> None:
+    # Validation triplets that contradict the training ones (same objects, the human
+    # pair swapped with the odd one out): every epoch of training makes them worse, so
+    # the best validation loss is after epoch 1, early stopping ends the run after
+    # 1 + patience epochs, and the weights returned are those of epoch 1.
+    from align.metrics.probe import TripletProbe
+
+    X, T = probe_data(m=200)
+    V = T[:, [0, 2, 1]]  # pair (a, c), odd one out b
+    patience = 3
+    probe = TripletProbe(
+        reg=0.0, optimizer="adam", lr=0.05, batch_size=32, patience=patience, max_iter=60
+    ).fit(X, T, val_triplets=V)
+    curve = np.asarray(probe.val_curve_)
+    assert np.all(np.diff(curve) > 0), curve  # the premise: validation only gets worse
+    assert probe.n_iter_ == 1 + patience
+    assert len(curve) == 1 + patience
+    assert probe.loss(X, V) == pytest.approx(curve[0], rel=1e-9)
+
+
+def test_adam_without_validation_data_runs_all_epochs() -> None:
+    from align.metrics.probe import TripletProbe
+
+    X, T = probe_data(m=8)  # < 10 triplets: nothing is held back for early stopping
+    probe = TripletProbe(reg=0.0, optimizer="adam", max_iter=7).fit(X, T)
+    assert probe.n_iter_ == 7 and probe.val_curve_ == []
+
+
+# --------------------------------------------------------------------------- probe CV
+
+
+def test_cross_validation_picks_lambda_by_held_out_not_training_loss() -> None:
+    # Random features and random triplets: nothing generalises. The training loss always
+    # prefers the smallest lambda (it can fit noise); the held-out loss prefers the
+    # largest, where the unsquared penalty drives W to ~0 and every triplet gets
+    # probability 1/3, held-out cross-entropy log 3 exactly.
+    from align.metrics.probe import TripletProbe, cross_validate_probe
+
+    rng = np.random.default_rng(0)
+    n, p = 30, 12
+    X = rng.normal(size=(n, p))
+    T = np.array([rng.choice(n, 3, replace=False) for _ in range(150)])
+    lambdas = (10.0, 1e-4)
+    res = cross_validate_probe(X, T, lambdas=lambdas, k=3, seed=0)
+    assert res.lambda_ == 10.0
+    assert res.cross_entropy == pytest.approx(math.log(3), abs=1e-3)
+    # the premise: on the TRAINING triplets the small lambda is better
+    train_ce = {
+        lam: TripletProbe(reg=lam, seed=0).fit(X, T).loss(X, T) - math.log(3) for lam in lambdas
+    }
+    assert train_ce[1e-4] < train_ce[10.0] - 0.05
+    # the mean held-out cross-entropy of the small lambda is worse than log 3
+    small = next(row for row in res.cv if row["lambda"] == 1e-4)
+    assert small["cross_entropy"] > math.log(3) + 0.05
+
+
+def test_refit_probe_is_fitted_on_all_triplets() -> None:
+    # squared penalty: the unsquared one at this size collapses W to ~0 whatever the data
+    from align.metrics.probe import TripletProbe, cross_validate_probe
+
+    X, T = probe_data(m=150)
+    res = cross_validate_probe(X, T, lambdas=(0.05,), k=3, seed=0, reg_kind="squared")
+    assert res.probe is not None
+    alone = TripletProbe(reg=0.05, reg_kind="squared", seed=0).fit(X, T)
+    np.testing.assert_allclose(res.probe.weights_, alone.weights_, rtol=1e-6, atol=1e-9)
+    # a probe fitted on a third of the triplets is measurably different
+    third = TripletProbe(reg=0.05, reg_kind="squared", seed=0).fit(X, T[: len(T) // 3])
+    assert np.abs(third.weights_ - alone.weights_).max() > 1e-2
+
+
+# --------------------------------------------------------------------------- gLocal
+
+
+def _local_loss_np(Xs: np.ndarray, E: np.ndarray, temperature: float) -> float:
+    def logits(Z):
+        U = Z / np.linalg.norm(Z, axis=1, keepdims=True)
+        L = U @ U.T / temperature
+        np.fill_diagonal(L, -np.inf)
+        return L
+
+    Lp, Lq = logits(Xs), logits(E)
+    P = np.exp(Lp - Lp.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    logq = Lq - Lq.max(1, keepdims=True)
+    logq = logq - np.log(np.exp(logq).sum(1, keepdims=True))
+    np.fill_diagonal(logq, 0.0)
+    return float(-(P * logq).sum(1).mean())
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.9])
+def test_glocal_first_objective_weighs_global_and_local_by_alpha(alpha: float) -> None:
+    # total = (1 - alpha) CE + alpha L_local + reg R(W), at W0 = tau I, one local batch
+    # (local_batch_size >= rows), written here in numpy from the gLocal paper's formula.
+    from align.metrics.glocal import GLocalProbe
+
+    X, T = probe_data()
+    rng = np.random.default_rng(5)
+    L = rng.normal(size=(40, X.shape[1]))
+    tau, reg, temp = 0.8, 0.2, 0.5
+    probe = GLocalProbe(
+        alpha=alpha,
+        temperature=temp,
+        local_batch_size=64,
+        reg=reg,
+        init="identity",
+        tau=tau,
+        max_iter=2,
+    ).fit(X, T, X_local=L)
+    W0 = tau * np.eye(X.shape[1])
+    ce_and_pen = _numpy_objective(X, T, W0, reg, "frobenius", False)
+    pen = reg * float(np.sqrt((W0**2).sum()))
+    ce = ce_and_pen - pen
+    Ls = (L - X.mean()) / X.std()  # the probe's own standardisation of X
+    local = _local_loss_np(Ls, Ls @ W0, temp)
+    expected = (1 - alpha) * ce + alpha * local + pen
+    assert probe.loss_curve_[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_glocal_with_alpha_one_ignores_the_triplet_labels() -> None:
+    # alpha = 1: the objective is alpha L_local + reg R(W); the labels have weight
+    # (1 - alpha) = 0, so swapping every human answer changes nothing.
+    from align.metrics.glocal import GLocalProbe
+
+    X, T = probe_data()
+    L = np.random.default_rng(6).normal(size=(30, X.shape[1]))
+    kw = dict(alpha=1.0, temperature=0.5, local_batch_size=64, reg=0.01, max_iter=50)
+    a = GLocalProbe(**kw).fit(X, T, X_local=L)
+    b = GLocalProbe(**kw).fit(X, T[:, [0, 2, 1]], X_local=L)
+    np.testing.assert_array_equal(a.weights_, b.weights_)
