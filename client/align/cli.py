@@ -7,7 +7,13 @@
     align report MODEL... --out DIR                      HTML report for one or many models
     align reproduce [--out docs]                         the paper's experiment set
     align demo                                           real models on real human data
-    align serve [...]                                    the service stack (align_services)
+    align serve [--port P ...]                           the service stack (align_services)
+
+``score`` and ``datasets`` run on an evaluation server when ``--server HOST:PORT`` or
+``ALIGN_SERVER`` is given (token: ``--token`` or ``ALIGN_TOKEN``), else embedded; they say
+on stderr which backend ran (and ``score --json`` in ``provenance.backend``:
+"remote" | "embedded"). ``models``, ``probe`` and ``report`` always run here (they need
+the weights or the features), and say so when a server is configured.
 
 Tables for people, ``--json`` for programs. Errors print one line to stderr and exit 2.
 """
@@ -23,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._version import METRIC_CODE_VERSION, __version__
+from ._version import __version__
 from .errors import AlignError, InvalidInputError
 
 EXIT_USAGE = 2
@@ -50,6 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
             "--data-dir",
             default=None,
             help="folder of the human data (default: $ALIGN_DATA_DIR, else ../shared/data)",
+        )
+
+    def server_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--server",
+            default=None,
+            metavar="HOST:PORT",
+            help="run on this evaluation server (default: $ALIGN_SERVER; unset: embedded)",
+        )
+        p.add_argument(
+            "--token", default=None, help="the server's access token (default: $ALIGN_TOKEN)"
+        )
+        p.add_argument(
+            "--embedded",
+            action="store_true",
+            help="run here even when ALIGN_SERVER is set",
         )
 
     p = sub.add_parser("score", help="score a model or a saved features file on a dataset")
@@ -81,10 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    server_args(p)
 
     p = sub.add_parser("datasets", help="which datasets are present and where we looked")
     data_dir_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+    server_args(p)
 
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("pattern", nargs="?", default="*", help="glob over model ids")
@@ -168,15 +192,35 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _cmd_score(args: argparse.Namespace) -> int:
-    from .api import EmbeddedBackend, is_features_path, resolve_dataset
-    from .evaluation import default_metrics
+def _server_of(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(server, token) the command should use: --server/--token, else ALIGN_SERVER /
+    ALIGN_TOKEN; (None, None) with --embedded or neither."""
+    if getattr(args, "embedded", False):
+        return None, None
+    server = getattr(args, "server", None) or os.environ.get("ALIGN_SERVER") or None
+    token = getattr(args, "token", None) or os.environ.get("ALIGN_TOKEN") or None
+    return server, token
 
-    dataset = resolve_dataset(args.dataset, args.data_dir)
+
+def _say(message: str) -> None:
+    print(f"align: {message}", file=sys.stderr)
+
+
+def _note_local(command: str) -> None:
+    if os.environ.get("ALIGN_SERVER"):
+        _say(f"{command} runs embedded, here (ALIGN_SERVER is not used by this command)")
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from .api import Client, EmbeddedBackend
+    from .evaluation import DEFAULT_METRICS
+    from .scoring import is_features_path
+
+    server, token = _server_of(args)
     metrics = list(args.metrics) if args.metrics else None
     if args.probe:
         if metrics is None:
-            metrics = default_metrics(dataset)
+            metrics = list(DEFAULT_METRICS[_dataset_kind(args.dataset, args.data_dir, server)])
         if "probe" not in metrics:
             metrics.append("probe")
     options: dict[str, Any] = {
@@ -188,21 +232,44 @@ def _cmd_score(args: argparse.Namespace) -> int:
     model: Any = args.model
     if is_features_path(model):
         model = Path(str(model).removeprefix("features:"))
-    backend = EmbeddedBackend(progress=not args.json or sys.stderr.isatty())
-    report = backend.score(
-        model,
-        dataset,
-        metrics=metrics,
-        layer=args.layer,
-        data_dir=args.data_dir,
-        cache=not args.no_cache,
-        options={k: v for k, v in options.items() if v is not None},
-    )
+    progress = not args.json or sys.stderr.isatty()
+    if server:
+        client = Client(server=server, token=token, data_dir=args.data_dir)
+    else:
+        backend = EmbeddedBackend(progress=progress)
+        client = Client(backend=backend, data_dir=args.data_dir)
+    with client:
+        report = client.score(
+            model,
+            args.dataset,
+            metrics,
+            args.layer,
+            cache=not args.no_cache,
+            **{k: v for k, v in options.items() if v is not None},
+        )
+    prov = report.provenance
+    where = f"on the server at {server}" if server else "embedded, in this process"
+    _say(f"scored {where} (backend {prov.get('backend')}, cache {prov.get('cache', '-')})")
     if args.json:
         _print_json(report.to_dict())
     else:
         _print_report(report)
     return 0
+
+
+def _dataset_kind(dataset: str, data_dir: str | None, server: str | None) -> str:
+    """The kind of a dataset id, for --probe's default metrics (without loading it when
+    a server will)."""
+    if server is None:
+        from .scoring import resolve_dataset
+
+        return str(resolve_dataset(dataset, data_dir, uses_images=False).kind)
+    from .datasets import list_datasets
+
+    for status in list_datasets(data_dir=data_dir):
+        if status.id == dataset:
+            return str(status.kind)
+    raise InvalidInputError("--probe", f"cannot tell the kind of {dataset!r}", "--metrics")
 
 
 def _parse_options(items: Sequence[str]) -> dict[str, Any]:
@@ -224,43 +291,38 @@ def _print_report(report: Any) -> None:
     from rich.table import Table
 
     console = Console()
-    prov = report.provenance
-    title = f"{report.model} on {report.dataset}"
-    if prov.get("layer"):
-        title += f" (layer {prov['layer']})"
-    table = Table(title=title)
+    table = Table(title=report.title())  # the same rows as Report._repr_html_
     table.add_column("metric")
     table.add_column("value")
     table.add_column("number", justify="right")
-    for row in report.rows():
-        table.add_row(row["metric"], row["value_name"], _fmt(row["value"]))
+    for row in report.table():
+        table.add_row(*row)
     console.print(table)
-    console.print(
-        f"dataset digest {str(prov.get('dataset_digest', ''))[:12]}, weights digest "
-        f"{str(prov.get('weights_digest', ''))[:12]}, align {prov.get('library_version')}, "
-        f"metric code {prov.get('metric_code_version', METRIC_CODE_VERSION)}, "
-        f"{prov.get('wall_time_s', 0):.2f} s, cache {prov.get('cache', '-')}",
-        style="dim",
-    )
+    console.print(report.footer(), style="dim")
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "-"
-        if value.is_integer() and abs(value) >= 10:
-            return f"{int(value)}"
-        return f"{value:.4f}"
-    return str(value)
+    from .report import format_number
+
+    return format_number(value)
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from .datasets import list_datasets
+    server, token = _server_of(args)
+    if server:
+        from .api import Client
 
-    statuses = list_datasets(data_dir=args.data_dir)
-    rows = [_status_dict(s) for s in statuses]
+        with Client(server=server, token=token) as client:
+            lister = getattr(client.backend, "list_datasets", None)
+            if lister is None:  # pragma: no cover - RemoteBackend has it
+                raise AlignError(f"the backend for {server} cannot list datasets")
+            rows = [dict(r, data_dir=f"the server at {server}") for r in lister()]
+        _say(f"datasets of the server at {server} (backend remote)")
+    else:
+        from .datasets import list_datasets
+
+        rows = [_status_dict(s) for s in list_datasets(data_dir=args.data_dir)]
+        _say("datasets here (backend embedded)")
     if args.json:
         _print_json(rows)
         return 0
@@ -287,7 +349,9 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
             where,
         )
     console.print(table)
-    if rows:
+    if rows and server:
+        console.print(f"as seen by the server at {server}", style="dim")
+    elif rows:
         console.print(
             f"looked in {rows[0].get('data_dir')} (chosen by: {rows[0].get('searched')}; "
             "set ALIGN_DATA_DIR or --data-dir)",
@@ -317,6 +381,8 @@ def _status_dict(status: Any) -> dict[str, Any]:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
+
+    _note_local("models (the registry of this install)")
     from .results import to_jsonable
 
     specs = list_models(args.pattern)
@@ -350,6 +416,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from .api import features, resolve_dataset
     from .evaluation import evaluate
+
+    _note_local("probe (it saves the fitted transform here)")
 
     out = Path(args.output)
     if out.suffix != ".npz":
@@ -452,6 +520,8 @@ def _report_config(args: argparse.Namespace) -> Any:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .reporting.reproduce import build_report
+
+    _note_local("report (it needs every dataset's features)")
 
     path = build_report(
         args.models,

@@ -9,6 +9,7 @@ evaluation service sends over the wire (``Report.to_dict()`` is the wire form an
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import math
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ _SETTING_KEYS = frozenset(
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Report(Result):
     """Scores of one model on one dataset, with provenance.
 
@@ -142,6 +143,89 @@ class Report(Result):
                 )
             node = node[part]
         return node
+
+    # -- how a report shows itself: the CLI table, a notebook's repr and HTML ----------
+    def title(self) -> str:
+        """ "<model> on <dataset>" (with the layer when there is one)."""
+        text = f"{self.model} on {self.dataset}"
+        return f"{text} (layer {self.layer})" if self.layer else text
+
+    def table(self) -> list[tuple[str, str, str]]:
+        """(metric, value name, formatted number): the rows `align score` prints."""
+        return [(r["metric"], r["value_name"], format_number(r["value"])) for r in self.rows()]
+
+    def footer(self) -> str:
+        """Digests, versions, time, backend and cache: the line under the table."""
+        p = self.provenance
+        return (
+            f"dataset digest {str(p.get('dataset_digest', ''))[:12]}, weights digest "
+            f"{str(p.get('weights_digest', ''))[:12]}, align {p.get('library_version')}, "
+            f"metric code {p.get('metric_code_version')}, {p.get('wall_time_s', 0) or 0:.2f} s, "
+            f"backend {p.get('backend', '-')}, cache {p.get('cache', '-')}"
+        )
+
+    def headline(self, metric: str) -> str:
+        """One metric in a few words: its main number with the interval, chance and
+        ceiling when it has them (e.g. ``odd_one_out 0.5431 [0.5302, 0.5560], chance
+        0.3333, ceiling 0.6735``)."""
+        d = self.metrics[metric]
+        name = next((k for k in _HEADLINE_KEYS if isinstance(d.get(k), (int, float))), None)
+        if name is None:
+            return f"{metric} -"
+        text = f"{metric} {name} {format_number(d[name])}"
+        ci = d.get("ci")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+            text += f" [{format_number(ci[0])}, {format_number(ci[1])}]"
+        if isinstance(d.get("chance"), (int, float)):
+            text += f", chance {format_number(d['chance'])}"
+        ceiling = d.get("ceiling", d.get("noise_ceiling"))
+        if isinstance(ceiling, Mapping):
+            lo, hi = ceiling.get("lower"), ceiling.get("upper")
+            if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+                text += f", ceiling [{format_number(lo)}, {format_number(hi)}]"
+        elif isinstance(ceiling, (int, float)) and not isinstance(ceiling, bool):
+            text += f", ceiling {format_number(ceiling)}"
+        return text
+
+    def __repr__(self) -> str:
+        heads = "; ".join(self.headline(m) for m in self.metrics) or "no metrics"
+        return f"<Report {self.title()}: {heads}>"
+
+    def _repr_html_(self) -> str:
+        """The table `align score` prints, as HTML (Jupyter shows this)."""
+        cells = "".join(
+            f"<tr><td>{_esc(m)}</td><td>{_esc(v)}</td><td style='text-align:right'>"
+            f"{_esc(n)}</td></tr>"
+            for m, v, n in self.table()
+        )
+        return (
+            f"<table><caption>{_esc(self.title())}</caption>"
+            "<thead><tr><th>metric</th><th>value</th><th>number</th></tr></thead>"
+            f"<tbody>{cells}</tbody></table>"
+            f"<p style='opacity:0.6'>{_esc(self.footer())}</p>"
+        )
+
+
+# Which number of a metric's result is its headline, in order of preference.
+_HEADLINE_KEYS = ("accuracy", "score", "spearman", "correlation", "value")
+
+
+def format_number(value: Any) -> str:
+    """A number as the CLI and the notebook show it: "-" for None/NaN, integers >= 10
+    without decimals, else 4 decimals."""
+    if value is None or isinstance(value, bool):
+        return "-" if value is None else str(value)
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        if value.is_integer() and abs(value) >= 10:
+            return f"{int(value)}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _esc(text: str) -> str:
+    return html.escape(str(text), quote=True)
 
 
 def _flatten_numbers(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, float]]:

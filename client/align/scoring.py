@@ -236,8 +236,8 @@ def _spec_memo_key(model_id: str) -> str:
     code = Path(__file__).parent / "models"
     code_stats = [_stat(f) for f in sorted(code.glob("*.py"))]
     paths = []
-    for entry in sys.path:
-        if entry and os.path.isdir(entry):
+    for entry in sys.path:  # install folders only (not the working directory)
+        if entry.endswith(("site-packages", "dist-packages")) and os.path.isdir(entry):
             paths.append(_stat(Path(entry)))
     return digest.digest_json(
         {

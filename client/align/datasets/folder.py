@@ -10,8 +10,15 @@ Layout::
       rdm.npy|rdm.csv   a dissimilarity matrix (rsm.npy|rsm.csv: a similarity matrix)
 
 Stimuli: every image file (.jpg .jpeg .png .bmp .gif .webp .tif .tiff) in ``images/``
-(or in the folder itself when there is no ``images/``), ordered by file name; the
-stimulus id is the file stem. Two files with one stem (``a.jpg``, ``a.png``) are an error.
+(or in the folder itself when there is no ``images/``); the stimulus id is the file stem.
+Two files with one stem (``a.jpg``, ``a.png``) are an error.
+
+Order (which row of a matrix, which index of ``refer_by: index`` is which image): NATURAL
+order of the stems, numbers by value: ``0, 1, 2, ..., 10, 11`` (not ``0, 1, 10, 11, 2``),
+``img2`` before ``img10``; text compares case-sensitively as usual. Two stems that differ
+only in leading zeros (``01`` and ``1``, ``img01`` and ``img1``) name the same position:
+an error. Stems that mix bare numbers with names (``1``, ``2``, ``cat``) are ordered
+numbers first, with a warning: name every file one way, or refer to images by stem.
 
 Triplets: one triplet per line, ``a,b,c`` or ``a,b,c,subject`` (comma, tab, semicolon or
 whitespace separated), no header row; lines starting with ``#`` are comments. Images are
@@ -36,7 +43,10 @@ CSV header comment that disagree are an error.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +94,18 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return data
 
 
+def natural_key(stem: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of the natural order: digit runs compare as numbers, text as text."""
+    parts = re.split(r"(\d+)", stem)
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in parts if part)
+
+
 def list_images(folder: Path) -> tuple[tuple[str, ...], tuple[Path, ...]]:
-    """(stems, paths) of the image files in ``folder``, sorted by file name."""
+    """(stems, paths) of the image files in ``folder``, in natural order of the stems
+    (module docstring)."""
     files = sorted(
         (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.name,
+        key=lambda p: (natural_key(p.stem), p.name),
     )
     seen: dict[str, Path] = {}
     for p in files:
@@ -101,6 +118,23 @@ def list_images(folder: Path) -> tuple[tuple[str, ...], tuple[Path, ...]]:
         seen[p.stem] = p
     if not files:
         raise InvalidInputError(str(folder), "holds no image files", f"images {IMAGE_SUFFIXES}")
+    for a, b in itertools.pairwise(files):
+        if natural_key(a.stem) == natural_key(b.stem):
+            raise InvalidInputError(
+                str(folder),
+                f"has images {a.name!r} and {b.name!r}, whose names differ only in leading "
+                "zeros, so their order is ambiguous",
+                "one numbering (all zero-padded to one width, or none)",
+            )
+    numeric = [p.stem for p in files if p.stem.isdigit()]
+    if numeric and len(numeric) < len(files):
+        named = next(p.stem for p in files if not p.stem.isdigit())
+        warnings.warn(
+            f"{folder}: image names mix numbers ({numeric[0]!r}, ...) and names "
+            f"({named!r}, ...); they are ordered numbers first, in natural order. Name every "
+            "file one way, or refer to images by stem (not refer_by: index)",
+            stacklevel=3,
+        )
     return tuple(p.stem for p in files), tuple(files)
 
 
