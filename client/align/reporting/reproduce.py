@@ -31,6 +31,17 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "reference/spose",
     "reference/vice",
     "timm/tf_efficientnet_lite0@random",
+    # other objectives and training data (the `objectives` extra; skipped with a note
+    # when not installed)
+    "onnx/sscd-resnet50",
+    "onnx/sscd-mobilenetv4",
+    "onnx/open-nsfw-resnet50",
+    "hed/vgg16",
+    "dlib/face-resnet",
+    "glove/6b-50d",
+    "timm/resnet50@random",
+    "timm/mobilenetv4_conv_small@random",
+    "hed/vgg16@random",
 )
 #: Also runnable (``--models``); left out of the default for CPU time: one more THINGS
 #: embedding each, and the lite0 control already answers "does random init sit near chance".

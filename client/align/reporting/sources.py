@@ -31,6 +31,15 @@ REFERENCES = {
 }
 #: Layers swept for EfficientNet-style timm models (early -> late).
 EFFICIENTNET_SWEEP = ("blocks.3", "blocks.5", "penultimate", "logits")
+#: Layers swept for the models of other objectives (their ``layers="all"`` lists every
+#: graph tensor; the report sweeps the trunk and the objective's own output head).
+OBJECTIVE_SWEEPS: dict[str, tuple[str, ...]] = {
+    "onnx/sscd-resnet50": ("penultimate", "output"),
+    "onnx/sscd-mobilenetv4": ("penultimate", "output"),
+    "onnx/open-nsfw-resnet50": ("penultimate",),
+    "hed/vgg16": ("stage3", "stage4", "penultimate"),
+    "hed/vgg16@random": ("penultimate",),
+}
 
 
 @dataclass
@@ -172,6 +181,10 @@ def resolve_source(
         arch = str(spec.architecture)
         if spec.family == "timm" and "efficientnet" in arch:
             layers = EFFICIENTNET_SWEEP
+        elif sid in OBJECTIVE_SWEEPS:
+            layers = OBJECTIVE_SWEEPS[sid]
+        elif spec.family == "onnx":
+            layers = ("penultimate",)
         else:
             layers = tuple(spec.layers)
     if "penultimate" not in layers:
