@@ -142,16 +142,31 @@ def test_mur92_scores_match_rsatoolbox(
     pixels92: np.ndarray, mur92: np.ndarray, ours: str, theirs: str
 ) -> None:
     rsatoolbox = _rsatoolbox()
+    from rsatoolbox.inference import eval_fixed
+    from rsatoolbox.model import ModelFixed
     from rsatoolbox.rdm import RDMs, compare
 
     result = rsa(pixels92, mur92, "dissimilarity", method=ours, n_bootstrap=0)
     model = RDMs(_tri(squareform(pdist(pixels92, "cosine")))[None])
-    human = RDMs(_tri(mur92.mean(axis=0))[None])
-    expected = float(compare(model, human, method=theirs)[0, 0])
-    assert rsatoolbox is not None
-    assert result.score == pytest.approx(expected, abs=1e-6)
+    subjects = RDMs(np.stack([_tri(m) for m in mur92]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rsatoolbox warns about averaged ranks for tau
+        evaluations = eval_fixed(ModelFixed("pixels", model), subjects, method=theirs)
+    per_subject = np.asarray(evaluations.evaluations).reshape(-1)
+    assert rsatoolbox is not None and per_subject.size == 16
+    # the headline score is rsatoolbox's eval_fixed: mean over subjects (the ceiling's scale)
+    assert result.score == pytest.approx(float(per_subject.mean()), abs=1e-6)
+    assert np.asarray(result.per_subject) == pytest.approx(per_subject, abs=1e-6)
     assert getattr(result, ours) == result.score
+    assert result.scale == "mean over subjects"
+    # the subject-mean RDM is another scale, reported apart as the group score
+    human = RDMs(_tri(mur92.mean(axis=0))[None])
+    assert result.group is not None
+    expected_group = float(compare(model, human, method=theirs)[0, 0])
+    assert getattr(result.group, ours) == pytest.approx(expected_group, abs=1e-6)
     assert result.n_stimuli == 92 and result.n_pairs == 92 * 91 // 2 and result.n_subjects == 16
+    assert result.noise_ceiling is not None
+    assert result.normalized == pytest.approx(result.score / result.noise_ceiling.lower)
 
 
 @pytest.mark.parametrize(
@@ -282,21 +297,26 @@ def _naive_bootstrap(
     X: np.ndarray, human: np.ndarray, method: str, n_bootstrap: int, seed: int
 ) -> np.ndarray:
     """Rebuild both RDMs from resampled stimuli, drop duplicate pairs, compare."""
+    """(s, n, n) human matrices: the mean over subjects of the per-subject correlations."""
     rng = np.random.default_rng(seed)
     n = X.shape[0]
+    humans = human[None] if human.ndim == 2 else human
     out = []
     for _ in range(n_bootstrap):
         idx = rng.integers(0, n, size=n)
         i, j = np.triu_indices(n, 1)
         keep = idx[i] != idx[j]
         model = squareform(pdist(X[idx], "cosine"))[i, j][keep]
-        hum = human[np.ix_(idx, idx)][i, j][keep]
-        if method == "spearman":
-            out.append(ss.spearmanr(model, hum)[0])
-        elif method == "pearson":
-            out.append(ss.pearsonr(model, hum)[0])
-        else:
-            out.append(_tau_a_fast_reference(model, hum))
+        values = []
+        for h in humans:
+            hum = h[np.ix_(idx, idx)][i, j][keep]
+            if method == "spearman":
+                values.append(ss.spearmanr(model, hum)[0])
+            elif method == "pearson":
+                values.append(ss.pearsonr(model, hum)[0])
+            else:
+                values.append(_tau_a_fast_reference(model, hum))
+        out.append(np.mean(values))
     return np.asarray(out)
 
 
@@ -316,14 +336,19 @@ def _tau_a_fast_reference(x: np.ndarray, y: np.ndarray) -> float:
 def test_bootstrap_equals_naive_rebuild(
     pixels92: np.ndarray, mur92: np.ndarray, method: str
 ) -> None:
-    X, human = pixels92[:40], mur92[:, :40, :40]
+    X, human = pixels92[:40], mur92[:4, :40, :40]
     n_boot = 30
-    naive = _naive_bootstrap(X, human.mean(axis=0), method, n_boot, seed=7)
     result = rsa(X, human, "dissimilarity", method=method, n_bootstrap=n_boot, seed=7)
+    # headline (mean over subjects): stimuli resampled, the same stimuli for every subject
+    naive = _naive_bootstrap(X, human, method, n_boot, seed=7)
     lo, hi = np.quantile(naive, [0.025, 0.975])
     assert result.ci is not None
     assert result.ci[0] == pytest.approx(lo, abs=1e-9)
     assert result.ci[1] == pytest.approx(hi, abs=1e-9)
+    # group score: the same resamples against the subject-mean RDM
+    naive_group = _naive_bootstrap(X, human.mean(axis=0), method, n_boot, seed=7)
+    assert result.group is not None and result.group.ci is not None
+    assert result.group.ci == pytest.approx(tuple(np.quantile(naive_group, [0.025, 0.975])))
 
 
 def test_bootstrap_ci_contains_estimate_and_is_seeded(
@@ -429,3 +454,44 @@ def test_compare_rdms_rejects_different_sizes() -> None:
 def test_upper_triangle_excludes_diagonal() -> None:
     M = np.arange(16.0).reshape(4, 4)
     assert upper_triangle(M).tolist() == [1.0, 2.0, 3.0, 6.0, 7.0, 11.0]
+
+
+# -- split halves, paired differences (issue 11) -------------------------------------------
+
+
+def test_single_peterson_matrix_gets_spearman_brown_ceiling_from_its_halves(
+    peterson: dict[str, np.ndarray],
+) -> None:
+    from align.metrics.rsa import split_half_ceiling
+
+    halves = np.stack([peterson["simMatrixFirstBatch"], peterson["simMatrixSecondBatch"]])
+    nc = split_half_ceiling(halves, "pearson", matrix_kind="similarity")
+    r = ss.pearsonr(_tri(halves[0]), _tri(halves[1]))[0]
+    assert nc.lower == nc.upper == pytest.approx(2 * r / (1 + r), abs=1e-12)
+    assert round(r, 2) == 0.91  # PROVENANCE: split-half r = 0.91
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(halves.shape[1], 5))
+    full = peterson["simMatrix"].astype(np.float64)
+    with_halves = rsa(X, full, "similarity", "pearson", n_bootstrap=0, split_halves=halves)
+    assert with_halves.noise_ceiling == nc and with_halves.group is None
+    assert with_halves.scale == "group matrix"
+    assert rsa(X, full, "similarity", "pearson", n_bootstrap=0).noise_ceiling is None
+
+
+def test_paired_rsa_delta_equals_naive_paired_rebuild(
+    pixels92: np.ndarray, mur92: np.ndarray
+) -> None:
+    from align.metrics.rsa import paired_rsa_delta
+
+    X_a = pixels92[:30]
+    X_b = np.sqrt(pixels92[:30])  # another real feature set of the same stimuli
+    human = mur92[:3, :30, :30]
+    res = paired_rsa_delta(X_a, X_b, human, n_bootstrap=25, seed=3)
+    a = rsa(X_a, human, n_bootstrap=0).score
+    b = rsa(X_b, human, n_bootstrap=0).score
+    assert res.a == pytest.approx(a, abs=1e-12) and res.b == pytest.approx(b, abs=1e-12)
+    assert res.delta == pytest.approx(b - a, abs=1e-12)
+    diff = _naive_bootstrap(X_b, human, "spearman", 25, 3) - _naive_bootstrap(
+        X_a, human, "spearman", 25, 3
+    )
+    assert res.ci_delta == pytest.approx(tuple(np.quantile(diff, [0.025, 0.975])), abs=1e-9)

@@ -3,9 +3,16 @@
 A model RDM (``1 - cosine``, ``1 - Pearson`` or euclidean distance between feature rows)
 is compared with the human RDM over the upper triangle (diagonal excluded) by Spearman
 (default), Pearson or Kendall's tau-a. Human similarity matrices (RSMs) are turned into
-dissimilarities by negation, explicitly, and the result records it. With several
-subjects the model is compared with the subject-mean RDM and the noise ceiling is
-reported. The bootstrap CI resamples stimuli.
+dissimilarities by negation, explicitly, and the result records it.
+
+Scales (METHODS.md section 5, corrected). With several subjects the headline score is
+the MEAN OVER SUBJECTS of the correlation between the model RDM and each subject's RDM
+(rsatoolbox ``eval_fixed``): the quantity the leave-one-subject-out noise ceiling
+bounds, reported beside it. The correlation with the subject-MEAN RDM (higher: the mean
+averages noise away) is reported apart as ``group``, never against that ceiling. A
+single group matrix (things48, peterson-animals) has one scale; it gets a ceiling only
+from split halves (Spearman-Brown of the split-half correlation). The bootstrap CI
+resamples stimuli (subjects are held fixed: the interval is over stimuli only).
 
 Speed: the bootstrap never recomputes an RDM. Rebuilding both RDMs from resampled rows
 and dropping the pairs that pair a stimulus with its own duplicate leaves exactly the
@@ -52,14 +59,30 @@ class NoiseCeiling(Result):
 
 
 @dataclass
-class RSAResult(Result):
-    """RSA of a model RDM against the (subject-mean) human RDM.
+class GroupScore(Result):
+    """Correlations of the model RDM with the subject-MEAN human RDM (another scale than
+    the per-subject mean and the noise ceiling), ``ci`` for ``method`` over stimuli."""
 
-    ``score`` is the value of ``method``; spearman, pearson and kendall_tau_a are all
-    computed against the same subject-mean RDM. ``ci`` is the percentile bootstrap CI of
-    ``score`` over stimuli. ``human_kind`` is what the human matrices were
-    ("dissimilarity" or "similarity"); ``converted`` is True when similarities were
-    negated into dissimilarities before comparing.
+    spearman: float
+    pearson: float
+    kendall_tau_a: float
+    ci: tuple[float, float] | None
+
+
+@dataclass
+class RSAResult(Result):
+    """RSA of a model RDM against human RDMs.
+
+    ``score`` is the value of ``method``. With several subjects ``spearman``, ``pearson``
+    and ``kendall_tau_a`` are MEANS OVER SUBJECTS of the correlation with each subject's
+    RDM (rsatoolbox ``eval_fixed``; ``per_subject`` holds ``method``'s values), on the
+    scale of ``noise_ceiling``; ``normalized`` = score / the leave-one-subject-out
+    (lower) bound, ``normalized_upper`` = score / the upper bound;
+    ``group`` holds the correlations with the subject-mean RDM. With one matrix they are
+    the correlations with it (``scale`` "group matrix", ``group`` None). ``ci`` is the
+    percentile bootstrap CI of ``score`` over stimuli (subjects fixed). ``human_kind``
+    is what the human matrices were ("dissimilarity" or "similarity"); ``converted`` is
+    True when similarities were negated into dissimilarities before comparing.
     """
 
     score: float
@@ -80,6 +103,11 @@ class RSAResult(Result):
     n_bootstrap: int
     seed: int
     options: dict[str, Any] = field(default_factory=dict)
+    scale: str = "group matrix"
+    group: GroupScore | None = None
+    per_subject: tuple[float, ...] | None = None
+    normalized: float | None = None
+    normalized_upper: float | None = None
 
 
 # -- RDMs ---------------------------------------------------------------------------------
@@ -530,12 +558,26 @@ def _bootstrap(
     seed: int,
 ) -> np.ndarray:
     """Scores of ``n_bootstrap`` stimulus resamples (NaN where a resample is degenerate)."""
+    return _bootstrap_many([model], [human], n, method, n_bootstrap, seed)[:, 0]
+
+
+def _bootstrap_many(
+    models: list[np.ndarray],
+    humans: list[np.ndarray],
+    n: int,
+    method: str,
+    n_bootstrap: int,
+    seed: int,
+) -> np.ndarray:
+    """(n_bootstrap, len(models)): on each stimulus resample (the same for every model),
+    the mean over ``humans`` of each model's comparison with that human vector."""
     rng = np.random.default_rng(seed)
-    engine = _PairComparer(model, human, n, method)
-    out = np.empty(n_bootstrap)
+    engines = [[_PairComparer(m, h, n, method) for h in humans] for m in models]
+    out = np.empty((n_bootstrap, len(models)))
     for b in range(n_bootstrap):
-        idx = resample_indices(rng, n)
-        out[b] = engine.compare(np.bincount(idx, minlength=n))
+        counts = np.bincount(resample_indices(rng, n), minlength=n)
+        for k, row in enumerate(engines):
+            out[b, k] = float(np.mean([e.compare(counts) for e in row]))
     return out
 
 
@@ -620,49 +662,46 @@ def _noise_ceiling(M: np.ndarray, method: str, pooling: str) -> NoiseCeiling:
 # -- rsa ----------------------------------------------------------------------------------
 
 
-def rsa(
-    X: Any,
-    matrices: Any,
-    matrix_kind: str = "dissimilarity",
-    method: str = "spearman",
-    rdm_metric: str = "cosine",
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    ceiling_pooling: str = "mean",
-) -> RSAResult:
-    """RSA of features ``X`` (n, p) against human ``matrices`` ((s,) n, n).
-
-    ``matrix_kind``: "dissimilarity" (RDM) or "similarity" (RSM: negated into an RDM,
-    recorded in ``converted``). The model RDM (``rdm_metric``) is compared with the
-    subject-mean human RDM by Spearman, Pearson and Kendall's tau-a; ``score`` is
-    ``method``. All-NaN rows of ``X`` are missing stimuli: dropped from both RDMs with a
-    warning (``n_dropped``). The CI resamples stimuli ``n_bootstrap`` times (0: no CI).
-    """
+def split_half_ceiling(
+    halves: Any, method: str = "spearman", matrix_kind: str = "dissimilarity"
+) -> NoiseCeiling:
+    """Ceiling of a single group matrix from its two split halves (Peterson et al.):
+    the Spearman-Brown corrected split-half correlation ``2 r / (1 + r)`` with
+    ``r = compare(half 1, half 2)``; lower = upper = that value."""
     _check_method(method)
-    _check_metric(rdm_metric)
-    if ceiling_pooling not in POOLINGS:
-        raise InvalidInputError(
-            "ceiling_pooling", f"is {ceiling_pooling!r}", f"one of {', '.join(POOLINGS)}"
-        )
-    check_bootstrap_options(n_bootstrap, confidence, seed)
+    M, _ = to_dissimilarity(halves, matrix_kind)
+    if M.shape[0] != 2:
+        raise InvalidInputError("halves", f"has {M.shape[0]} matrices", "exactly 2 split halves")
+    iu = np.triu_indices(M.shape[1], 1)
+    r = _compare_vectors(M[0][iu], M[1][iu], method)
+    sb = 2.0 * r / (1.0 + r) if r > -1.0 else math.nan
+    return NoiseCeiling(lower=sb, upper=sb, method=method, n_subjects=2, pooling="split-half")
+
+
+def _prepare(
+    X: Any, matrices: Any, matrix_kind: str
+) -> tuple[np.ndarray, np.ndarray, str, bool, int, np.ndarray | None]:
+    """Validate; drop missing stimuli (all-NaN rows) from features and matrices.
+
+    Returns (features, human (s, m, m), kind, converted, n_dropped, kept rows or None).
+    """
     kind = _check_kind(matrix_kind)
     human, converted = to_dissimilarity(matrices, kind)
     features = _as_features(X)
-    s, n = human.shape[0], human.shape[1]
+    n = human.shape[1]
     if features.shape[0] != n:
         raise InvalidInputError(
             "features",
             f"has {features.shape[0]} rows but the matrices are {n}x{n}",
             f"{n} rows, one per stimulus, in the matrices' order",
         )
-
     missing = np.isnan(features).all(axis=1)
     n_dropped = int(missing.sum())
+    keep = None
     if n_dropped:
         warnings.warn(
             f"rsa: dropped {n_dropped} missing stimuli (all-NaN feature rows) from both RDMs",
-            stacklevel=2,
+            stacklevel=3,
         )
         keep = np.flatnonzero(~missing)
         if keep.size < 3:
@@ -680,30 +719,108 @@ def rsa(
             f"features: row {row} has NaN or infinite values; only all-NaN rows (missing "
             f"stimuli) are allowed ({int(bad.sum())} bad rows)"
         )
-    m = features.shape[0]
+    return features, human, kind, converted, n_dropped, keep
 
-    model_rdm = compute_rdm(features, rdm_metric)
+
+def _model_vector(features: np.ndarray, rdm_metric: str) -> np.ndarray:
+    m = features.shape[0]
     iu = np.triu_indices(m, 1)
-    model_vec = model_rdm[iu].astype(np.float64)
-    human_vec = human.mean(axis=0)[iu]
-    if np.ptp(model_vec) == 0:
+    vec = compute_rdm(features, rdm_metric)[iu].astype(np.float64)
+    if np.ptp(vec) == 0:
         raise NumericalError(
             "features: every pair of stimuli has the same model dissimilarity; RSA is undefined"
         )
-    if np.ptp(human_vec) == 0:
+    return vec
+
+
+def _human_vectors(human: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per-subject pair vectors (s, N), subject-mean pair vector (N,))."""
+    iu = np.triu_indices(human.shape[1], 1)
+    subjects = human[:, iu[0], iu[1]]
+    mean = human.mean(axis=0)[iu]
+    if np.ptp(mean) == 0:
         raise NumericalError(
             "matrices: the human RDM has the same value for every pair; RSA is undefined"
         )
-    scores = {name: _compare_vectors(model_vec, human_vec, name) for name in METHODS}
+    for k, v in enumerate(subjects):
+        if subjects.shape[0] > 1 and np.ptp(v) == 0:
+            raise NumericalError(f"matrices: subject {k} has the same value for every pair")
+    return subjects, mean
 
-    ci = None
+
+def rsa(
+    X: Any,
+    matrices: Any,
+    matrix_kind: str = "dissimilarity",
+    method: str = "spearman",
+    rdm_metric: str = "cosine",
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    ceiling_pooling: str = "mean",
+    split_halves: Any = None,
+) -> RSAResult:
+    """RSA of features ``X`` (n, p) against human ``matrices`` ((s,) n, n).
+
+    ``matrix_kind``: "dissimilarity" (RDM) or "similarity" (RSM: negated into an RDM,
+    recorded in ``converted``). The model RDM (``rdm_metric``) is compared by Spearman,
+    Pearson and Kendall's tau-a; ``score`` is ``method``. With s >= 2 subjects each is
+    the mean over subjects of the correlation with that subject's RDM (the noise
+    ceiling's scale); ``group`` has the correlations with the subject-mean RDM. With one
+    matrix, the correlations with it; ``split_halves`` (2, n, n) of that matrix give its
+    Spearman-Brown ceiling. All-NaN rows of ``X`` are missing stimuli: dropped from both
+    RDMs with a warning (``n_dropped``). The CI resamples stimuli ``n_bootstrap`` times
+    (0: no CI); subjects are not resampled.
+    """
+    _check_method(method)
+    _check_metric(rdm_metric)
+    if ceiling_pooling not in POOLINGS:
+        raise InvalidInputError(
+            "ceiling_pooling", f"is {ceiling_pooling!r}", f"one of {', '.join(POOLINGS)}"
+        )
+    check_bootstrap_options(n_bootstrap, confidence, seed)
+    features, human, kind, converted, n_dropped, keep = _prepare(X, matrices, matrix_kind)
+    s = human.shape[0]
+    m = features.shape[0]
+    model_vec = _model_vector(features, rdm_metric)
+    subjects, mean_vec = _human_vectors(human)
+    group_scores = {name: _compare_vectors(model_vec, mean_vec, name) for name in METHODS}
+    per_subject: dict[str, list[float]] = {}
+    if s >= 2:
+        per_subject = {
+            name: [_compare_vectors(model_vec, v, name) for v in subjects] for name in METHODS
+        }
+        scores = {name: float(np.mean(vals)) for name, vals in per_subject.items()}
+    else:
+        scores = group_scores
+
+    ci = group_ci = None
     n_valid = 0
     if n_bootstrap > 0:
-        boot = _bootstrap(model_vec, human_vec, m, method, int(n_bootstrap), int(seed))
+        humans = list(subjects) if s >= 2 else [mean_vec]
+        boot = _bootstrap_many([model_vec], humans, m, method, int(n_bootstrap), int(seed))[:, 0]
         n_valid = int(np.isfinite(boot).sum())
         ci = percentile_interval(boot, float(confidence))
+        if s >= 2:
+            gboot = _bootstrap(model_vec, mean_vec, m, method, int(n_bootstrap), int(seed))
+            group_ci = percentile_interval(gboot, float(confidence))
 
-    ceiling = _noise_ceiling(human, method, ceiling_pooling) if s >= 2 else None
+    ceiling: NoiseCeiling | None = None
+    if s >= 2:
+        ceiling = _noise_ceiling(human, method, ceiling_pooling)
+    elif split_halves is not None:
+        halves, _ = to_dissimilarity(split_halves, kind)
+        if halves.shape[1] != human.shape[1] + n_dropped:
+            raise InvalidInputError(
+                "split_halves", f"are {halves.shape[1]}x{halves.shape[1]}", "the matrix's size"
+            )
+        if keep is not None:
+            halves = halves[:, keep[:, None], keep[None, :]]
+        ceiling = split_half_ceiling(halves, method)
+    normalized = normalized_upper = None
+    if ceiling is not None and ceiling.lower > 0:
+        normalized = scores[method] / ceiling.lower
+        normalized_upper = scores[method] / ceiling.upper
     return RSAResult(
         score=scores[method],
         method=method,
@@ -725,6 +842,85 @@ def rsa(
         options={
             "ceiling_pooling": ceiling_pooling,
             "n_bootstrap_valid": n_valid,
-            "ci_kind": "percentile, stimuli resampled",
+            "ci_kind": "percentile, stimuli resampled, subjects fixed",
         },
+        scale="mean over subjects" if s >= 2 else "group matrix",
+        group=(
+            GroupScore(
+                spearman=group_scores["spearman"],
+                pearson=group_scores["pearson"],
+                kendall_tau_a=group_scores["kendall_tau_a"],
+                ci=group_ci,
+            )
+            if s >= 2
+            else None
+        ),
+        per_subject=tuple(per_subject[method]) if s >= 2 else None,
+        normalized=normalized,
+        normalized_upper=normalized_upper,
+    )
+
+
+@dataclass
+class PairedRSA(Result):
+    """RSA of two feature sets of the same stimuli against the same human matrices, and
+    the difference ``b - a`` with a paired stimulus-bootstrap interval (both RDMs are
+    rebuilt from the same resampled stimuli)."""
+
+    a: float
+    b: float
+    delta: float
+    ci_delta: tuple[float, float] | None
+    method: str
+    scale: str
+    n_bootstrap: int
+    confidence: float
+    seed: int
+
+
+def paired_rsa_delta(
+    X_a: Any,
+    X_b: Any,
+    matrices: Any,
+    matrix_kind: str = "dissimilarity",
+    method: str = "spearman",
+    rdm_metric: str = "cosine",
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedRSA:
+    """``rsa(X_b).score - rsa(X_a).score`` (same scale as :func:`rsa`'s score) with a
+    paired percentile interval over stimulus resamples. Both feature sets must miss the
+    same stimuli."""
+    _check_method(method)
+    _check_metric(rdm_metric)
+    check_bootstrap_options(n_bootstrap, confidence, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fa, human, _, _, _, keep_a = _prepare(X_a, matrices, matrix_kind)
+        fb, _, _, _, _, keep_b = _prepare(X_b, matrices, matrix_kind)
+    if (keep_a is None) != (keep_b is None) or (
+        keep_a is not None and keep_b is not None and not np.array_equal(keep_a, keep_b)
+    ):
+        raise InvalidInputError("X_b", "misses other stimuli than X_a", "the same missing rows")
+    m = fa.shape[0]
+    va, vb = _model_vector(fa, rdm_metric), _model_vector(fb, rdm_metric)
+    subjects, mean_vec = _human_vectors(human)
+    humans = list(subjects) if human.shape[0] >= 2 else [mean_vec]
+    a = float(np.mean([_compare_vectors(va, h, method) for h in humans]))
+    b = float(np.mean([_compare_vectors(vb, h, method) for h in humans]))
+    ci = None
+    if n_bootstrap > 0:
+        boot = _bootstrap_many([va, vb], humans, m, method, int(n_bootstrap), int(seed))
+        ci = percentile_interval(boot[:, 1] - boot[:, 0], float(confidence))
+    return PairedRSA(
+        a=a,
+        b=b,
+        delta=b - a,
+        ci_delta=ci,
+        method=method,
+        scale="mean over subjects" if len(humans) > 1 else "group matrix",
+        n_bootstrap=int(n_bootstrap),
+        confidence=float(confidence),
+        seed=int(seed),
     )
