@@ -181,6 +181,43 @@ def test_human_table_shows_the_score(
     assert "odd_one_out" in out and "accuracy" in out and "0.6425" in out
 
 
+def test_score_says_it_ran_embedded_and_the_second_run_is_a_cache_hit(
+    data_dir: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ALIGN_SERVER", raising=False)
+    path = tmp_path / "spose.npy"
+    np.save(path, spose(data_dir))
+    args = ("score", str(path), "things", "--data-dir", str(data_dir), "-O", "n_bootstrap=0")
+    first = run_cli(*args, "--json", cache_dir=cache_dir)
+    second = run_cli(*args, "--json", cache_dir=cache_dir)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert a["provenance"]["backend"] == b["provenance"]["backend"] == "embedded"
+    assert (a["provenance"]["cache"], b["provenance"]["cache"]) == ("miss", "hit")
+    assert a["metrics"] == b["metrics"]
+    assert "scored embedded" in first.stderr and "cache hit" in second.stderr
+
+
+def test_score_with_an_unreachable_server_fails_naming_it(
+    data_dir: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("grpc")
+    from tests.ports import free_port
+
+    path = tmp_path / "spose.npy"
+    np.save(path, spose(data_dir))
+    target = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("ALIGN_SERVER", target)  # the server is used, not the embedded backend
+    proc = run_cli("score", str(path), "things", "--json", cache_dir=cache_dir)
+    assert_one_line_error(proc, target)
+    embedded = run_cli(
+        "score", str(path), "things", "--embedded", "--json", "-O", "n_bootstrap=0",
+        cache_dir=cache_dir,
+    )  # fmt: skip
+    assert embedded.returncode == 0, embedded.stderr
+    assert json.loads(embedded.stdout)["provenance"]["backend"] == "embedded"
+
+
 # -- other commands ----------------------------------------------------------------------
 
 

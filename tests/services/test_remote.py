@@ -52,6 +52,45 @@ def test_align_server_and_token_env_select_the_remote_backend(
     assert server.metrics.total("align_report_computations_total") == 1.0
 
 
+def test_cli_score_runs_on_the_server_from_env_or_flags(
+    eval_service: Any, spose_npy: Path, tmp_path: Path
+):
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    server = eval_service()
+    env = {k: v for k, v in os.environ.items() if k not in ("ALIGN_SERVER", "ALIGN_TOKEN")}
+    env["ALIGN_CACHE_DIR"] = str(tmp_path / "local-cache")  # must stay unused
+
+    def cli(*args: str, **extra: str) -> tuple[dict[str, Any], str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "align", "score", *args, "--json", "-O", "n_bootstrap=20"],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout), proc.stderr
+
+    first, said = cli(str(spose_npy), "things", ALIGN_SERVER=server.address, ALIGN_TOKEN=ALICE)
+    assert first["provenance"]["backend"] == "remote"
+    assert first["provenance"]["cache"] == "miss"
+    assert f"on the server at {server.address}" in said
+    # the same content in another file, by flags: a server cache hit that names this file
+    copy = Path(shutil.copy(spose_npy, tmp_path / "copy.npy"))
+    second, _ = cli(str(copy), "things", "--server", server.address, "--token", ALICE)
+    assert second["provenance"]["backend"] == "remote"
+    assert second["provenance"]["cache"] == "hit"
+    assert second["model"] == second["provenance"]["model_id"] == f"features:{copy}"
+    assert second["metrics"] == first["metrics"]
+    assert server.metrics.total("align_report_computations_total") == 1.0
+    assert not (tmp_path / "local-cache").exists()
+
+
 def test_unreachable_server_gives_a_clear_error_after_retries():
     target = f"127.0.0.1:{free_port()}"
     with RemoteBackend(target, ALICE, retries=2, backoff_s=0.01, progress=False) as b:
