@@ -12,7 +12,7 @@ pytest.importorskip("grpc", reason="grpcio is not installed (extra 'serve')")
 import yaml
 from align.errors import InvalidInputError, NotFoundError
 from align_services.embedding import app as app_module
-from align_services.embedding import deploy
+from align_services.embedding import config, deploy
 from ray.serve.schema import ServeDeploySchema
 
 
@@ -46,18 +46,70 @@ def test_config_servicer_functions_import() -> None:
         assert callable(import_attr(path)), path
 
 
+def _serve_builds(args: dict) -> object:
+    """The application as Serve builds it from the config's args (Serve validates them
+    into the builder's annotated model, EmbeddingArgs)."""
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    return call_user_app_builder_with_args_if_necessary(app_module.build_app, args)
+
+
 def test_config_deployments_are_those_the_builder_creates() -> None:
     raw = _raw_config()
     application = deploy.application(raw)
-    built = app_module.build_app(application["args"])
+    built = _serve_builds(application["args"])
     configured = {d["name"] for d in application["deployments"]}
     assert _graph_deployment_names(built) == configured
+
+
+def test_serve_validates_the_args_into_the_typed_model() -> None:
+    args = _app_args()
+    validated = config.EmbeddingArgs.model_validate(args)
+    assert validated.families == tuple(args["families"])
+    assert validated.limits.max_request_bytes == args["limits"]["max_request_bytes"]
+    assert validated.max_models_per_replica == args["max_models_per_replica"]
+    # the builder's one parameter is annotated with the model itself (not a string):
+    # that is what makes Serve validate a config's args into it
+    import inspect
+
+    (parameter,) = inspect.signature(app_module.build_app).parameters.values()
+    assert parameter.annotation is config.EmbeddingArgs
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"limits": {"max_request_bytes": 0}}, "args.limits.max_request_bytes", "greater than 0"),
+        ({"max_models_per_replica": 0}, "args.max_models_per_replica", "equal to 1"),
+        ({"retries": "many"}, "args.retries", "integer"),
+        ({"limit": {}}, "args", "unknown keys ['limit']"),
+        ({"limits": {"max_stimulus": 3}}, "args.limits", "only ['max_request_bytes'"),
+        ({"families": "timm"}, "args.families", "a list"),
+    ],
+)  # fmt: skip
+def test_bad_args_fail_the_build_naming_the_key(changes: dict, field: str, words: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        _serve_builds({**_app_args(), **changes})
+    assert info.value.field == field
+    assert words in str(info.value)
+
+
+def test_an_unknown_family_is_not_found_with_close_matches() -> None:
+    with pytest.raises(NotFoundError, match="did you mean 'open_clip'"):
+        _serve_builds({**_app_args(), "families": ["timm", "openclip"]})
+
+
+def test_null_sections_take_their_defaults() -> None:
+    args = config.EmbeddingArgs.model_validate({"limits": None, "resources": None, "families": []})
+    assert args.limits == config.Limits()
+    assert args.families == config.ALL_FAMILIES
+    assert args.resources.preset("gpu") == config.DEFAULT_RESOURCES["gpu"]
 
 
 def test_config_user_config_is_accepted_by_the_replicas() -> None:
     for entry in deploy.application(_raw_config())["deployments"]:
         if "user_config" in entry:
-            cfg = app_module.BatchConfig.from_mapping(entry["user_config"])
+            cfg = config.BatchConfig.from_mapping(entry["user_config"])
             # @serve.batch rejects a request bigger than max_batch_size, so bigger
             # requests bypass the batcher; max_ongoing_requests must let a batch fill.
             assert entry["max_ongoing_requests"] >= cfg.max_batch_stimuli, entry["name"]
@@ -92,8 +144,30 @@ def test_override_unknown_deployment_names_close_matches() -> None:
 )
 def test_bad_limits_name_the_field(limits: dict, field: str) -> None:
     with pytest.raises(InvalidInputError) as info:
-        app_module.Limits.from_mapping(limits)
+        config.Limits.from_mapping(limits)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("user_config", "field"),
+    [
+        ({"max_batch_stimuli": 0}, "user_config.max_batch_stimuli"),
+        ({"batch_wait_timeout_s": -1}, "user_config.batch_wait_timeout_s"),
+        ({"torch_threads": 0}, "user_config.torch_threads"),
+        ({"merge_requests": "sometimes"}, "user_config.merge_requests"),
+        ({"max_batch": 8}, "user_config"),
+    ],
+)
+def test_bad_user_config_names_the_field(user_config: dict, field: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        config.BatchConfig.from_mapping(user_config)
+    assert info.value.field == field
+
+
+def test_user_config_reads_yaml_booleans_as_written() -> None:
+    # a quoted "false" is false (bool("false") would be True)
+    assert config.BatchConfig.from_mapping({"merge_requests": "false"}).merge_requests is False
+    assert config.BatchConfig.from_mapping(None) == config.BatchConfig()
 
 
 def test_broken_yaml_names_file_and_line(tmp_path) -> None:
@@ -119,7 +193,7 @@ def _no_cluster_query() -> float:
 
 def test_align_device_gpu_selects_the_configured_gpu_preset() -> None:
     args = _app_args()
-    device, options = app_module.replica_resources(
+    device, options = config.replica_resources(
         args, environ={"ALIGN_DEVICE": "gpu"}, cluster_gpus=_no_cluster_query
     )
     assert device == "gpu"
@@ -130,7 +204,7 @@ def test_align_device_gpu_selects_the_configured_gpu_preset() -> None:
 @pytest.mark.parametrize("env", [{}, {"ALIGN_DEVICE": ""}, {"ALIGN_DEVICE": "cpu"}])
 def test_without_align_device_gpu_and_without_gpus_the_cpu_preset(env: dict) -> None:
     args = _app_args()
-    device, options = app_module.replica_resources(args, environ=env, cluster_gpus=lambda: 0)
+    device, options = config.replica_resources(args, environ=env, cluster_gpus=lambda: 0)
     assert device == "cpu"
     assert options == args["resources"]["cpu"]
     assert options.get("num_gpus", 0) == 0
@@ -152,7 +226,7 @@ def test_without_align_device_gpu_and_without_gpus_the_cpu_preset(env: dict) -> 
 def test_device_choice(arg: str, env: str | None, cluster_gpus: float, expected: str) -> None:
     args = {**_app_args(), "device": arg}
     environ = {} if env is None else {"ALIGN_DEVICE": env}
-    device, _ = app_module.replica_resources(args, environ, cluster_gpus=lambda: cluster_gpus)
+    device, _ = config.replica_resources(args, environ, cluster_gpus=lambda: cluster_gpus)
     assert device == expected
 
 
@@ -173,7 +247,7 @@ NEG_CPUS = {"gpu": {"num_gpus": 1, "num_cpus": -1}}
 )  # fmt: skip
 def test_bad_device_settings_name_the_field(args: dict, env: dict, field: str) -> None:
     with pytest.raises(InvalidInputError) as info:
-        app_module.replica_resources(args, environ=env, cluster_gpus=lambda: 0)
+        config.replica_resources(args, environ=env, cluster_gpus=lambda: 0)
     assert info.value.field == field
 
 

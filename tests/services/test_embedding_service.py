@@ -270,6 +270,8 @@ def test_custom_metrics_are_exported_to_prometheus(serve_embedding, data_dir) ->
         "ray_align_embed_batch_stimuli_bucket",
         "ray_align_embed_requests",
         "ray_align_embed_request_seconds_bucket",
+        "ray_align_embedding_rpcs",  # every RPC, by method
+        "ray_align_embedding_rpc_seconds_bucket",
     }
     seen: set[str] = set()
     deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
