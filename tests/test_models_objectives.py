@@ -427,3 +427,32 @@ def test_align_models_lists_the_new_ids_as_available(capsys):
             assert mid in ids
         else:
             pytest.skip(f"{mid}: package not installed")
+
+
+# -- the objective/data vs architecture table (reporting/objectives.py) ------------------
+
+
+def test_objective_contrasts_name_registered_models_and_verdicts_follow_the_intervals():
+    from align.reporting.objectives import CONTRASTS, MODELS, objectives_markdown
+    from align.reporting.reproduce import DEFAULT_MODELS
+
+    for a, b, _, _ in CONTRASTS:
+        assert a in MODELS and b in MODELS
+        assert a in DEFAULT_MODELS and b in DEFAULT_MODELS  # reproduce runs both
+    table = {
+        "models": [],
+        "contrasts": [
+            {"a": "x", "b": "y", "differs": "objective + data", "kind": "objective + data",
+             "held": "R50", "zero_shot": {"delta": 0.05, "ci": [0.01, 0.09]},
+             "rsa_mur92": {"delta": 0.05, "ci": [-0.01, 0.11]}},
+            {"a": "u", "b": "v", "differs": "scale (1.3x)", "kind": "scale", "held": "E",
+             "zero_shot": {"delta": -0.02, "ci": [-0.04, -0.001]}},
+        ],
+    }  # fmt: skip
+    text = "\n".join(objectives_markdown(table))
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert "| b higher |" in rows[0] and rows[0].endswith("| no difference shown |")
+    assert "| a higher |" in rows[1]
+    assert "THINGS zero-shot differs in 1 of 1" in text
+    assert "mur92 RSA differs in 0 of 1" in text
+    assert "architecture/scale contrasts show differences too" in text

@@ -21,6 +21,7 @@ from .._version import METRIC_CODE_VERSION, __version__
 from ..errors import AlignError, InvalidInputError
 from .experiments import PROBES, RDM_DATASETS, Context, ReportConfig, load_context, run_source
 from .html import fmt, fmt_ci
+from .objectives import objective_comparison, objectives_markdown
 from .sources import Source, resolve_source
 
 DEFAULT_MODELS: tuple[str, ...] = (
@@ -150,11 +151,23 @@ def reproduce(
     concept_ids = [best["source"]["id"]] if best is not None else None
     figs = make_figures(results, arrays, ctx, cfg, fig_dir, concept_sources=concept_ids)
     data = {"provenance": provenance_dict(results, ctx, cfg), "results": results}
+    # objective/data vs architecture (reporting/objectives.py): paired contrasts
+    objectives = objective_comparison(results, ctx, cfg, data_dir, cache)
+    data["objectives"] = objectives
     (fig_dir / "results.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     total = time.perf_counter() - t0
     text = results_markdown(results, ctx, cfg, figs, out, notes, total)
+    text = _insert_section(text, objectives_markdown(objectives), before="## Figures\n")
     (out / "results.md").write_text(text, encoding="utf-8")
     return data
+
+
+def _insert_section(text: str, lines: Sequence[str], before: str) -> str:
+    """``text`` with a Markdown section inserted before the heading ``before`` (appended
+    when that heading is absent)."""
+    section = "\n".join(lines) + "\n"
+    head, sep, tail = text.partition(before)
+    return head + section + sep + tail if sep else text + "\n" + section
 
 
 def numbers_only(data: dict[str, Any]) -> Any:
