@@ -33,6 +33,12 @@ FAMILY_DEPLOYMENTS: dict[str, str] = {
     "torch": "TimmEmbedder",
     "open_clip": "OpenClipEmbedder",
     "text": "TextEmbedder",
+    # the `objectives` extra's families ride on the same replicas (load_model is generic):
+    # image networks with the timm ones, word vectors with the text ones
+    "onnx": "TimmEmbedder",
+    "hed": "TimmEmbedder",
+    "dlib": "TimmEmbedder",
+    "glove": "TextEmbedder",
 }
 ALL_FAMILIES: tuple[str, ...] = ("timm", "open_clip", "text")
 
