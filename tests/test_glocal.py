@@ -121,8 +121,8 @@ def test_bad_inputs_name_the_field() -> None:
     with pytest.raises(InvalidInputError, match="X_local"):
         GLocalProbe(alpha=0.5).fit(X, T, X_local=X[:, :3])
     with pytest.raises(InvalidInputError, match="alpha"):
-        GLocalProbe(alpha=1.5)
+        GLocalProbe(alpha=1.5).fit(X, T, X_local=X)
     with pytest.raises(InvalidInputError, match="temperature"):
-        GLocalProbe(temperature=0.0)
+        GLocalProbe(temperature=0.0).fit(X, T, X_local=X)
     with pytest.raises(InvalidInputError, match="k"):
         knn_overlap(X, X, k=0)

@@ -84,7 +84,7 @@ def spose(data_dir) -> np.ndarray:
     n=st.integers(3, 60),
     k=st.integers(2, 5),
     seed=st.integers(0, 2**16),
-    m=st.integers(0, 200),
+    m=st.integers(1, 200),
 )
 def test_object_folds_are_disjoint_and_every_triplet_is_train_test_or_dropped(n, k, seed, m):
     if k > n:
@@ -308,7 +308,7 @@ def test_load_rejects_malformed_transform(tmp_path, arrays, field):
             r"X\[3, 2\]",
         ),
         (lambda X, t: TripletProbe().fit(X, t + 1000), InvalidInputError, r"triplets\[0\]"),
-        (lambda X, t: TripletProbe(reg_kind="l1"), InvalidInputError, "reg_kind"),
+        (lambda X, t: TripletProbe(reg_kind="l1").fit(X, t), InvalidInputError, "reg_kind"),
         (lambda X, t: cross_validate_probe(X, t, colour="red"), InvalidInputError, "colour"),
         (lambda X, t: cross_validate_probe(X, t[:5], k=3), InvalidInputError, "fold"),
         (lambda X, t: cross_validate_probe(X, t, lambdas=()), InvalidInputError, "lambdas"),
@@ -359,7 +359,7 @@ def test_warm_start_reaches_the_cold_start_optimum_on_real_data(data_dir):
     for lam in (1e-1, 1e-2):
         cold = TripletProbe(reg=lam).fit(X, trip[train])
         warm = TripletProbe(reg=lam)
-        warm._fit_prepared(X, trip[train], prev)
+        warm.fit(X, trip[train], init_weights=prev)
         prev = warm.weights_
         assert warm.loss_curve_[-1] <= cold.loss_curve_[-1] + 1e-3
         assert warm.loss(X, trip[test]) == pytest.approx(cold.loss(X, trip[test]), abs=0.05)

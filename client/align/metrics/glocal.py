@@ -32,15 +32,17 @@ survives a transform (1 = all of it).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .probe import TripletProbe, _real, check_features
+from .probe.estimator import TripletProbe
+from .validation import check_features, check_scalar
 
-__all__ = ["GLocalProbe", "knn_overlap", "local_loss"]
+__all__ = ["GLocalProbe", "LocalNeighbourhoodTerm", "knn_overlap", "local_loss"]
 
 
 # ----------------------------------------------------------------------------- local loss
@@ -79,7 +81,7 @@ def local_loss(X: object, E: object, temperature: float = 0.1) -> float:
         raise InvalidInputError(
             "E", f"has {Ea.shape[0]} rows (X has {Xa.shape[0]})", "the same rows as X, >= 2"
         )
-    tau = _real(temperature, "temperature", positive=True)
+    tau = check_scalar(temperature, "temperature", minimum=0, include_minimum=False)
     Xt = torch.as_tensor(Xa)
     with torch.no_grad():
         return float(_local_loss_t(_teacher_t(Xt, tau), torch.as_tensor(Ea), tau))
@@ -95,8 +97,7 @@ def knn_overlap(X: object, E: object, k: int = 10) -> float:
     keep = ~(mx | me)
     Xa, Ea = Xa[keep], Ea[keep]
     n = Xa.shape[0]
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < n:
-        raise InvalidInputError("k", f"is {k!r}", f"an integer in [1, {n - 1}]")
+    k = int(check_scalar(k, "k", integer=True, minimum=1, maximum=n - 1))
 
     def neighbours(A: np.ndarray) -> np.ndarray:
         U = A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-12)
@@ -112,6 +113,68 @@ def knn_overlap(X: object, E: object, k: int = 10) -> float:
 # ----------------------------------------------------------------------------- the probe
 
 
+class LocalNeighbourhoodTerm:
+    """The gLocal local term as the probe core's extra loss term
+    (:class:`~align.metrics.probe.core.ExtraTerm`): ``(1 - alpha) ce + alpha L_local``."""
+
+    def __init__(self, alpha: float, temperature: float, local_batch_size: int, seed: int):
+        self.alpha = alpha
+        self.temperature = temperature
+        self.local_batch_size = local_batch_size
+        self.seed = seed
+
+    def chunks(self, n: int) -> list[np.ndarray]:
+        """Fixed, seeded row chunks of the ``n`` unlabeled rows (each >= 2 rows)."""
+        perm = np.random.default_rng([self.seed, 7919]).permutation(n)
+        size = self.local_batch_size
+        chunks = [perm[i : i + size] for i in range(0, n, size)]
+        if len(chunks) > 1 and len(chunks[-1]) < 2:  # a 1-row chunk has no neighbours
+            chunks[-2] = np.concatenate([chunks[-2], chunks[-1]])
+            chunks.pop()
+        return chunks
+
+    def setup(
+        self, Ls: np.ndarray, full_batch: bool, to_tensor: Callable[[np.ndarray], torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher matrices and row chunks of the standardised unlabeled rows ``Ls``.
+
+        Full batch (L-BFGS): teachers in float64 from the rows before any reduction;
+        Adam: in the fit dtype."""
+        chunk_rows = self.chunks(Ls.shape[0])
+        if full_batch:
+            teachers = [_teacher_t(torch.as_tensor(Ls[r]), self.temperature) for r in chunk_rows]
+        else:
+            Lt = to_tensor(Ls)
+            teachers = [
+                _teacher_t(Lt[torch.as_tensor(r, device=Lt.device)], self.temperature)
+                for r in chunk_rows
+            ]
+        return teachers, [torch.as_tensor(r) for r in chunk_rows]
+
+    def mix(
+        self,
+        ce: torch.Tensor,
+        Ls: torch.Tensor,
+        targets: list[torch.Tensor],
+        chunks: list[torch.Tensor],
+        embed: Callable[[torch.Tensor], torch.Tensor],
+        step: int | None,
+    ) -> torch.Tensor:
+        """``(1 - alpha) ce + alpha L_local``: all chunks averaged (full batch) or chunk
+        ``step`` mod the number of chunks (Adam)."""
+        alpha = self.alpha
+        if alpha <= 0:
+            return ce
+        if step is None:
+            total = Ls.new_zeros(())
+            for teacher, rows in zip(targets, chunks, strict=True):
+                total = total + _local_loss_t(teacher, embed(Ls[rows]), self.temperature)
+            return (1.0 - alpha) * ce + alpha * (total / len(chunks))
+        j = step % len(chunks)
+        El = embed(Ls[chunks[j]])
+        return (1.0 - alpha) * ce + alpha * _local_loss_t(targets[j], El, self.temperature)
+
+
 class GLocalProbe(TripletProbe):
     """:class:`TripletProbe` plus the gLocal local-neighbourhood term (module docstring).
 
@@ -121,6 +184,10 @@ class GLocalProbe(TripletProbe):
         default 0.5; 0 is the plain probe).
     temperature: ``tau`` of the local softmaxes (default 0.1).
     local_batch_size: rows of the unlabeled set per local batch (default 512).
+
+    Every other parameter is TripletProbe's (``**probe_params``; ``param_names`` lists
+    them after these three). Like TripletProbe, ``__init__`` only stores them; ``fit``
+    checks them.
 
     ``fit(X, triplets, X_local=...)``: ``X_local`` (N, p) are the unlabeled rows (e.g.
     the features of a second image set); required when ``alpha > 0``. All-NaN rows of
@@ -137,29 +204,17 @@ class GLocalProbe(TripletProbe):
         self.alpha = alpha
         self.temperature = temperature
         self.local_batch_size = local_batch_size
-        for name in probe_params:
-            if name not in TripletProbe.param_names():
-                raise InvalidInputError(
-                    name,
-                    "is not a GLocalProbe option",
-                    "one of " + ", ".join(self.param_names()),
-                )
         super().__init__(**probe_params)
 
-    @classmethod
-    def param_names(cls) -> tuple[str, ...]:
-        return ("alpha", "temperature", "local_batch_size", *TripletProbe.param_names())
-
-    def _validate(self) -> None:
-        super()._validate()
-        self.alpha = _real(self.alpha, "alpha")
-        if self.alpha > 1:
-            raise InvalidInputError("alpha", f"is {self.alpha}", "a number in [0, 1]")
-        self.temperature = _real(self.temperature, "temperature", positive=True)
-        lbs = self.local_batch_size
-        if isinstance(lbs, bool) or not isinstance(lbs, (int, np.integer)) or lbs < 2:
-            raise InvalidInputError("local_batch_size", f"is {lbs!r}", "an integer >= 2")
-        self.local_batch_size = int(lbs)
+    def local_term(self) -> LocalNeighbourhoodTerm:
+        """The checked local term (InvalidInputError naming a bad parameter)."""
+        alpha = check_scalar(self.alpha, "alpha", minimum=0, maximum=1)
+        temperature = check_scalar(
+            self.temperature, "temperature", minimum=0, include_minimum=False
+        )
+        lbs = int(check_scalar(self.local_batch_size, "local_batch_size", integer=True, minimum=2))
+        seed = self.fit_options().seed
+        return LocalNeighbourhoodTerm(alpha, temperature, lbs, seed)
 
     # -- fitting ---------------------------------------------------------------------
 
@@ -170,14 +225,16 @@ class GLocalProbe(TripletProbe):
         X_local: object | None = None,
         X_val: object | None = None,
         val_triplets: object | None = None,
+        init_weights: np.ndarray | None = None,
     ) -> GLocalProbe:
         """Fit on ``triplets`` over rows of ``X`` and, when ``alpha > 0``, keep the
         neighbourhoods of the rows of ``X_local`` (module docstring)."""
-        self._validate()
+        term = self.local_term()
+        self.fit_options()
         Xa, trip, val = self._check_fit_inputs(X, triplets, X_val, val_triplets)
         p = Xa.shape[1]
         local: np.ndarray | None = None
-        if self.alpha > 0:
+        if term.alpha > 0:
             if X_local is None:
                 raise InvalidInputError(
                     "X_local",
@@ -190,63 +247,7 @@ class GLocalProbe(TripletProbe):
             local = La[~lmissing]
             if local.shape[0] < 2:
                 raise InvalidInputError("X_local", f"has {local.shape[0]} rows", ">= 2 rows")
-        # TripletProbe's fit (same random draws, same optimisers) with the local term
-        # added through _local_setup / _mix_local.
-        self._fit_validated(Xa, trip, val, local=local)
+        # TripletProbe's fit (same random draws, same optimisers) with the local term;
+        # alpha = 0 is the plain probe, term by term.
+        self._fit_with(Xa, trip, val, init_weights, local, None if local is None else term)
         return self
-
-    def _local_chunks(self, local: np.ndarray | None) -> list[np.ndarray]:
-        """Fixed, seeded row chunks of the unlabeled set (each >= 2 rows)."""
-        if local is None:
-            return []
-        n = local.shape[0]
-        perm = np.random.default_rng([self.seed, 7919]).permutation(n)
-        size = self.local_batch_size
-        chunks = [perm[i : i + size] for i in range(0, n, size)]
-        if len(chunks) > 1 and len(chunks[-1]) < 2:  # a 1-row chunk has no neighbours
-            chunks[-2] = np.concatenate([chunks[-2], chunks[-1]])
-            chunks.pop()
-        return chunks
-
-    def _local_setup(
-        self, Ls: np.ndarray, full_batch: bool
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Teacher matrices and row chunks of the standardised unlabeled rows ``Ls``.
-
-        Full batch (L-BFGS): teachers in float64 from the rows before any reduction;
-        Adam: in the fit dtype."""
-        chunk_rows = self._local_chunks(Ls)
-        if full_batch:
-            teachers = [_teacher_t(torch.as_tensor(Ls[r]), self.temperature) for r in chunk_rows]
-        else:
-            Lt = self._tensor(Ls)
-            teachers = [
-                _teacher_t(Lt[torch.as_tensor(r, device=Lt.device)], self.temperature)
-                for r in chunk_rows
-            ]
-        return teachers, [torch.as_tensor(r) for r in chunk_rows]
-
-    def _mix_local(
-        self,
-        ce: torch.Tensor,
-        Ls: torch.Tensor | None,
-        targets: list[torch.Tensor],
-        chunks: list[torch.Tensor],
-        W: torch.Tensor,
-        b: torch.Tensor | None,
-        step: int | None,
-    ) -> torch.Tensor:
-        """``(1 - alpha) ce + alpha L_local``: all chunks averaged (full batch) or chunk
-        ``step`` mod the number of chunks (Adam)."""
-        alpha = self.alpha
-        if alpha <= 0 or Ls is None:
-            return ce
-        if step is None:
-            total = Ls.new_zeros(())
-            for teacher, rows in zip(targets, chunks, strict=True):
-                E = self._embed_t(Ls[rows], W, b)
-                total = total + _local_loss_t(teacher, E, self.temperature)
-            return (1.0 - alpha) * ce + alpha * (total / len(chunks))
-        j = step % len(chunks)
-        El = self._embed_t(Ls[chunks[j]], W, b)
-        return (1.0 - alpha) * ce + alpha * _local_loss_t(targets[j], El, self.temperature)

@@ -8,48 +8,13 @@ probe see every test object during training and overstate how well it generalise
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from .validation import check_scalar, check_triplets
 
-__all__ = ["ObjectKFold", "check_triplets"]
-
-
-def check_triplets(triplets: object, n_objects: int, field: str = "triplets") -> np.ndarray:
-    """Validate ``triplets`` as an ``(m, 3)`` integer array of indices in ``[0, n_objects)``.
-
-    Returns a C-contiguous int64 copy. Raises InvalidInputError naming ``field`` and,
-    where it applies, the first offending row.
-    """
-    arr = np.asarray(triplets)
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise InvalidInputError(field, f"has shape {arr.shape}", "an (m, 3) integer array")
-    if arr.shape[0] and not np.issubdtype(arr.dtype, np.integer):
-        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
-            raise InvalidInputError(field, f"has dtype {arr.dtype}", "integer indices")
-        if not np.all(arr == np.round(arr)):
-            row = int(np.argwhere(arr != np.round(arr))[0, 0])
-            raise InvalidInputError(f"{field}[{row}]", f"is {arr[row].tolist()}", "integers")
-    out = np.ascontiguousarray(arr, dtype=np.int64)
-    if out.size:
-        bad = (out < 0) | (out >= n_objects)
-        if bad.any():
-            row = int(np.argwhere(bad)[0, 0])
-            raise InvalidInputError(
-                f"{field}[{row}]",
-                f"is {out[row].tolist()}, out of range",
-                f"0-based indices in [0, {n_objects})",
-            )
-        same = (out[:, 0] == out[:, 1]) | (out[:, 0] == out[:, 2]) | (out[:, 1] == out[:, 2])
-        if same.any():
-            row = int(np.argwhere(same)[0, 0])
-            raise InvalidInputError(
-                f"{field}[{row}]", f"is {out[row].tolist()}", "three distinct objects"
-            )
-    return out
+__all__ = ["ObjectKFold", "check_triplets"]  # check_triplets: align.metrics.validation's
 
 
 class ObjectKFold:
@@ -63,12 +28,8 @@ class ObjectKFold:
     """
 
     def __init__(self, n_splits: int = 3, seed: int = 0) -> None:
-        if not isinstance(n_splits, numbers.Integral) or isinstance(n_splits, bool) or n_splits < 2:
-            raise InvalidInputError("n_splits", f"is {n_splits!r}", "an integer >= 2")
-        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-            raise InvalidInputError("seed", f"is {seed!r}", "a non-negative integer")
-        self.n_splits: int = int(n_splits)
-        self.seed: int = int(seed)
+        self.n_splits: int = int(check_scalar(n_splits, "n_splits", integer=True, minimum=2))
+        self.seed: int = int(check_scalar(seed, "seed", integer=True, minimum=0))
 
     def __repr__(self) -> str:
         return f"ObjectKFold(n_splits={self.n_splits}, seed={self.seed})"
@@ -78,14 +39,7 @@ class ObjectKFold:
 
     def object_folds(self, n_objects: int) -> list[np.ndarray]:
         """The held-out objects of each fold (sorted int64 arrays partitioning range(n))."""
-        if (
-            not isinstance(n_objects, numbers.Integral)
-            or isinstance(n_objects, bool)
-            or n_objects < self.n_splits
-        ):
-            raise InvalidInputError(
-                "n_objects", f"is {n_objects!r}", f"an integer >= n_splits ({self.n_splits})"
-            )
+        n_objects = int(check_scalar(n_objects, "n_objects", integer=True, minimum=self.n_splits))
         order = np.random.default_rng(self.seed).permutation(int(n_objects))
         return [np.sort(part).astype(np.int64) for part in np.array_split(order, self.n_splits)]
 

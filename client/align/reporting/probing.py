@@ -181,62 +181,42 @@ def heldout_probe(
     refit on all objects at the chosen lambda.
     """
     from ..metrics.glocal import GLocalProbe
-    from ..metrics.probe import TripletProbe
-    from ..metrics.splits import ObjectKFold
+    from ..metrics.probe import ObjectKFold, TripletProbe, cross_validate
 
-    n = Z.shape[0]
     missing = np.isnan(Z).all(axis=1)
-    trip = np.asarray(triplets, dtype=np.int64)
-    trip = trip[~missing[trip].any(axis=1)]
-    folds = ObjectKFold(k, seed).object_folds(n)
-    splits = ObjectKFold(k, seed).split(n, trip)
+    estimator = (
+        GLocalProbe(
+            alpha=alpha,
+            temperature=temperature,
+            local_batch_size=local_batch_size,
+            seed=seed,
+            n_threads=n_threads,
+            **PROBE_FIT,
+        )
+        if alpha > 0
+        else TripletProbe(seed=seed, n_threads=n_threads, **PROBE_FIT)
+    )
 
-    def make(lam: float) -> Any:
-        if alpha > 0:
-            return GLocalProbe(
-                alpha=alpha,
-                temperature=temperature,
-                local_batch_size=local_batch_size,
-                reg=lam,
-                seed=seed,
-                n_threads=n_threads,
-                **PROBE_FIT,
-            )
-        return TripletProbe(reg=lam, seed=seed, n_threads=n_threads, **PROBE_FIT)
-
-    def fit(probe: Any, train_objects: np.ndarray, train_trip: np.ndarray) -> Any:
-        if alpha > 0:
-            return probe.fit(Z, train_trip, X_local=Z[train_objects])
-        return probe.fit(Z, train_trip)
-
-    train_sets = []
-    for i, (train_idx, _test_idx) in enumerate(splits):
-        train_objects = np.setdiff1d(np.flatnonzero(~missing), folds[i])
+    def training_set(
+        fold: int | None, objects: np.ndarray, real: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Real triplets, or simulated ones over the training objects; gLocal's unlabeled
+        rows are the training objects' rows of Z."""
+        train = real
         if simulate_from is not None:
-            train_trip = simulate_triplets(simulate_from, train_objects, n_simulated, seed + i)
-        else:
-            train_trip = trip[train_idx]
-        train_sets.append((train_objects, train_trip))
-    ce = np.zeros((len(lambdas), k))
-    acc = np.zeros((len(lambdas), k))
-    preds: dict[tuple[int, int], np.ndarray] = {}
-    for j, lam in enumerate(lambdas):
-        for i, (_train_idx, test_idx) in enumerate(splits):
-            probe = fit(make(lam), *train_sets[i])
-            ce[j, i] = probe.loss(Z, trip[test_idx])
-            pred = probe.predict(Z, trip[test_idx]) == 2
-            preds[(j, i)] = pred
-            acc[j, i] = float(pred.mean())
-    mean_ce = ce.mean(axis=1)
-    best = int(np.argmin(mean_ce))
+            train = simulate_triplets(
+                simulate_from, objects, n_simulated, seed + (k if fold is None else fold)
+            )
+        return train, ({"X_local": Z[objects]} if alpha > 0 else {})
+
+    search = cross_validate(
+        estimator, Z, triplets, lambdas=lambdas, cv=ObjectKFold(k, seed), training_set=training_set
+    )
+    acc, ce, best = search.accuracy, search.cross_entropy, search.best
+    mean_ce = search.mean_cross_entropy
+    splits = search.splits
     test_index = np.concatenate([s[1] for s in splits])
-    correct = np.concatenate([preds[(best, i)] for i in range(k)])
-    all_objects = np.flatnonzero(~missing)
-    if simulate_from is not None:
-        all_trip = simulate_triplets(simulate_from, all_objects, n_simulated, seed + k)
-    else:
-        all_trip = trip
-    final = fit(make(lambdas[best]), all_objects, all_trip)
+    correct = np.concatenate(search.correct[best])
     options: dict[str, Any] = {
         "k": k,
         "seed": seed,
@@ -259,7 +239,7 @@ def heldout_probe(
         folds=[
             {
                 "fold": i,
-                "n_train": int(train_sets[i][1].shape[0]),
+                "n_train": search.n_train[i],
                 "n_test": int(splits[i][1].size),
                 "accuracy": float(acc[best, i]),
                 "cross_entropy": float(ce[best, i]),
@@ -273,7 +253,7 @@ def heldout_probe(
         options=options,
         test_index=trip_index(triplets, missing, test_index),
         correct=correct,
-        probe=final,
+        probe=search.estimator,
     )
 
 

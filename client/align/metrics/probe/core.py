@@ -1,0 +1,460 @@
+"""The probe's optimiser core: loss, penalty, gradients and the L-BFGS / Adam loops.
+
+No estimator state lives here: :func:`fit_weights` takes the checked inputs, the
+validated options (:class:`FitOptions`) and the standardisation, and returns the
+fitted weights (:class:`FitOutput`). :class:`~align.metrics.probe.TripletProbe` (and
+every subclass, e.g. gLocal) calls it; a subclass adds a loss term through an
+:class:`ExtraTerm` instead of copying the loops.
+
+The loss is the softmax cross-entropy over the three similarities of a triplet with the
+human pair ``(a, b)`` as the target, computed as ``logsumexp(s) - s_ab`` (log-softmax;
+never ``log(sum(exp))``), plus ``reg * R(W)``. Any NaN or infinity in the loss,
+gradients or weights raises :class:`~align.errors.NumericalError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ...errors import InvalidInputError, NumericalError
+
+__all__ = [
+    "DEFAULT_MAX_ITER",
+    "DTYPES",
+    "INITS",
+    "INIT_STD",
+    "OPTIMIZERS",
+    "REG_KINDS",
+    "ExtraTerm",
+    "FitOptions",
+    "FitOutput",
+    "compress",
+    "cross_entropy_t",
+    "fit_weights",
+    "initial_weights",
+    "localise",
+    "predict_from_similarities",
+    "similarities_t",
+    "softmax_np",
+    "threads",
+]
+
+REG_KINDS = ("frobenius", "squared", "identity")
+INITS = ("normal", "identity")
+OPTIMIZERS = ("lbfgs", "adam")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEFAULT_MAX_ITER = {"lbfgs": 300, "adam": 100}  # L-BFGS iterations / Adam epochs
+INIT_STD = 1e-3  # paper code: W ~ N(0, 1e-3^2)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """The probe's options after validation (TripletProbe documents each one)."""
+
+    reg: float
+    reg_kind: str
+    init: str
+    tau: float
+    normalize: bool
+    bias: bool
+    optimizer: str
+    max_iter: int | None
+    tol: float
+    lr: float
+    batch_size: int
+    patience: int
+    val_fraction: float
+    dtype: str
+    seed: int
+    device: str
+    n_threads: int | None
+    reduce: bool
+
+
+@dataclasses.dataclass
+class FitOutput:
+    """What a fit produces: ``weights`` (p, p) and ``bias`` (p,) or None (float64),
+    iterations / epochs, the training objective per iteration / epoch and (Adam) the
+    validation cross-entropy per epoch."""
+
+    weights: np.ndarray
+    bias: np.ndarray | None
+    n_iter: int
+    loss_curve: list[float]
+    val_curve: list[float]
+
+
+class ExtraTerm(Protocol):
+    """A loss term added to the triplet cross-entropy from unlabeled rows (gLocal).
+
+    ``setup`` gets the standardised unlabeled rows (float64, before any reduction) and
+    returns (targets, row chunks); ``mix`` turns the triplet cross-entropy ``ce`` into
+    the data term, given the (possibly reduced) unlabeled rows ``Ls`` as a tensor and
+    ``embed`` (rows -> transformed rows). ``step`` is the Adam batch counter, None for
+    the full-batch (L-BFGS) objective.
+    """
+
+    def setup(
+        self, Ls: np.ndarray, full_batch: bool, to_tensor: Callable[[np.ndarray], torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]: ...
+
+    def mix(
+        self,
+        ce: torch.Tensor,
+        Ls: torch.Tensor,
+        targets: list[torch.Tensor],
+        chunks: list[torch.Tensor],
+        embed: Callable[[torch.Tensor], torch.Tensor],
+        step: int | None,
+    ) -> torch.Tensor: ...
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch threads (None: leave torch's setting)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def similarities_t(E: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(m, 3) dot products [s_ab, s_ac, s_bc] of rows of E for local triplets t."""
+    a, b, c = E[t[:, 0]], E[t[:, 1]], E[t[:, 2]]
+    return torch.stack(((a * b).sum(1), (a * c).sum(1), (b * c).sum(1)), dim=1)
+
+
+def cross_entropy_t(S: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``logsumexp(s) - s_ab`` (log-softmax; never log(sum(exp)))."""
+    per = torch.logsumexp(S, dim=1) - S[:, 0]
+    if w is None:
+        return per.mean()
+    return (per * w).sum() / w.sum()
+
+
+def compress(trip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge repeated responses: (a, b) is unordered, c is the odd one out."""
+    ab = np.sort(trip[:, :2], axis=1)
+    canon = np.concatenate([ab, trip[:, 2:]], axis=1)
+    uniq, counts = np.unique(canon, axis=0, return_counts=True)
+    return uniq.astype(np.int64), counts.astype(np.float64)
+
+
+def localise(trip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Objects used by ``trip`` and the triplets re-indexed into that list."""
+    objs, inv = np.unique(trip, return_inverse=True)
+    return objs, inv.reshape(-1, 3).astype(np.int64)
+
+
+def softmax_np(S: np.ndarray) -> np.ndarray:
+    Z = S - S.max(axis=1, keepdims=True)
+    P = np.exp(Z)
+    return P / P.sum(axis=1, keepdims=True)
+
+
+def predict_from_similarities(S: np.ndarray) -> np.ndarray:
+    """Odd-one-out position: pair ab -> 2, ac -> 1, bc -> 0; a full tie -> -1 (wrong).
+
+    A partial tie takes the first maximal pair in the order (ab, ac, bc), the zero-shot
+    rule of METHODS.md section 2, so probe and zero-shot accuracies use one rule.
+    """
+    pair = np.argmax(S, axis=1)
+    odd = np.array([2, 1, 0], dtype=np.int64)[pair]
+    full_tie = (S[:, 0] == S[:, 1]) & (S[:, 1] == S[:, 2])
+    odd[full_tie] = -1
+    return odd
+
+
+def initial_weights(init: str, tau: float, seed: int, p: int) -> np.ndarray:
+    """The seeded initial ``W0`` (p, p) of ``init`` (float64)."""
+    if init == "normal":
+        gen = torch.Generator().manual_seed(seed)
+        return (torch.randn(p, p, generator=gen, dtype=torch.float64) * INIT_STD).numpy()
+    return np.eye(p) * tau
+
+
+# ----------------------------------------------------------------------------- the fit
+
+
+class _Fit:
+    """One fit: the options, the standardisation and the helpers the loops share."""
+
+    def __init__(self, opts: FitOptions, mean: float, std: float, extra: ExtraTerm | None):
+        self.o = opts
+        self.mean = mean
+        self.std = std
+        self.extra = extra
+        self.device = torch.device(opts.device)
+
+    def tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=DTYPES[self.o.dtype], device=self.device)
+
+    def standardise(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean) / self.std
+
+    def embed(self, Xs: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        E = Xs @ W
+        if b is not None:
+            E = E + b
+        if self.o.normalize:
+            E = E / E.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return E
+
+    def penalty(self, W: torch.Tensor) -> torch.Tensor:
+        if self.o.reg_kind == "frobenius":
+            return torch.linalg.norm(W)
+        if self.o.reg_kind == "squared":
+            return (W * W).sum()
+        eye = torch.eye(W.shape[0], dtype=W.dtype, device=W.device)
+        return ((W - torch.diagonal(W).mean() * eye) ** 2).sum()
+
+    def check_finite(self, what: str, *tensors: torch.Tensor | None) -> None:
+        for t in tensors:
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise NumericalError(
+                    f"probe {what} became NaN or infinite (reg={self.o.reg:g}, "
+                    f"optimizer={self.o.optimizer}, dtype={self.o.dtype}); not scoring it"
+                )
+
+    def mix(
+        self,
+        ce: torch.Tensor,
+        Ls: torch.Tensor | None,
+        targets: list[torch.Tensor],
+        chunks: list[torch.Tensor],
+        W: torch.Tensor,
+        b: torch.Tensor | None,
+        step: int | None,
+    ) -> torch.Tensor:
+        if self.extra is None or Ls is None:
+            return ce
+        return self.extra.mix(ce, Ls, targets, chunks, lambda R: self.embed(R, W, b), step)
+
+    def reducible(self) -> bool:
+        o = self.o
+        return bool(o.reduce) and not o.bias and o.reg_kind in ("frobenius", "squared")
+
+    @staticmethod
+    def weights_out(W: torch.Tensor) -> np.ndarray:
+        return W.detach().to("cpu", torch.float64).numpy().copy()
+
+    # -- L-BFGS ----------------------------------------------------------------------
+
+    def lbfgs(
+        self,
+        Xa: np.ndarray,
+        trip: np.ndarray,
+        W: torch.Tensor,
+        b: torch.Tensor | None,
+        local: np.ndarray | None,
+    ) -> FitOutput:
+        uniq, counts = compress(trip)
+        objs, tloc = localise(uniq)
+        Xs64 = self.standardise(Xa[objs])
+        Ls64 = None if local is None else self.standardise(local)
+        targets64: list[torch.Tensor] = []
+        chunk_rows: list[torch.Tensor] = []
+        if Ls64 is not None and self.extra is not None:
+            targets64, chunk_rows = self.extra.setup(Ls64, True, self.tensor)
+        basis: tuple[np.ndarray, np.ndarray] | None = None
+        stacked = Xs64 if Ls64 is None else np.vstack([Xs64, Ls64])
+        if self.reducible() and stacked.shape[0] < stacked.shape[1]:
+            # Exact reduction (TripletProbe's docstring): W = V B Q with V (p, r) spanning
+            # the training (and unlabeled) rows and Q (r, p) the row space of V^T W0, so
+            # optimise B (r, r). With at least as many rows as features it cannot reduce.
+            _, sv, Vt = np.linalg.svd(stacked, full_matrices=False)
+            r = int(np.sum(sv > sv[0] * 1e-10)) if sv.size and sv[0] > 0 else 0
+            if r == 0:
+                raise InvalidInputError("X", "training rows are constant", "varying features")
+            V = Vt[:r].T
+            A0 = V.T @ W.detach().to("cpu", torch.float64).numpy()
+            Qm, Rm = np.linalg.qr(A0.T)
+            basis = (V, Qm.T)
+            Xs64 = Xs64 @ V
+            if Ls64 is not None:
+                Ls64 = Ls64 @ V
+            with torch.no_grad():
+                W = self.tensor(np.ascontiguousarray(Rm.T)).clone().requires_grad_(True)
+        Xs = self.tensor(Xs64)
+        Ls = None if Ls64 is None else self.tensor(Ls64)
+        targets = [self.tensor(t_.numpy()) for t_ in targets64]
+        chunks = [c_.to(Xs.device) for c_ in chunk_rows]
+        t = torch.as_tensor(tloc, device=Xs.device)
+        w = self.tensor(counts)
+        params = [W] if b is None else [W, b]
+        max_iter = self.o.max_iter or DEFAULT_MAX_ITER["lbfgs"]
+        opt = torch.optim.LBFGS(
+            params,
+            lr=1.0,
+            max_iter=max_iter,
+            max_eval=max_iter * 2,
+            tolerance_grad=self.o.tol * 1e-3,
+            tolerance_change=self.o.tol,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
+        curve: list[float] = []
+        reg = self.o.reg
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            E = self.embed(Xs, W, b)
+            ce = cross_entropy_t(similarities_t(E, t), w)
+            ce = self.mix(ce, Ls, targets, chunks, W, b, None)
+            loss = ce + reg * self.penalty(W)
+            self.check_finite("loss", loss)
+            loss.backward()
+            self.check_finite("gradient", W.grad, None if b is None else b.grad)
+            curve.append(float(loss.detach()))
+            return loss
+
+        opt.step(closure)
+        self.check_finite("weights", W, b)
+        n_iter = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
+        if basis is None:
+            weights = self.weights_out(W)
+            bias = None if b is None else self.weights_out(b)
+        else:
+            B = W.detach().to("cpu", torch.float64).numpy()
+            weights, bias = basis[0] @ B @ basis[1], None
+        return FitOutput(weights, bias, n_iter, curve, [])
+
+    # -- Adam ------------------------------------------------------------------------
+
+    def objective_np(
+        self, Xa: np.ndarray, trip: np.ndarray, W: torch.Tensor, b: torch.Tensor | None
+    ) -> float:
+        uniq, counts = compress(trip)
+        objs, local = localise(uniq)
+        with torch.no_grad():
+            E = self.embed(self.tensor(self.standardise(Xa[objs])), W, b)
+            S = similarities_t(E, torch.as_tensor(local, device=E.device))
+            ce = cross_entropy_t(S, self.tensor(counts))
+        self.check_finite("validation loss", ce)
+        return float(ce)
+
+    def adam(
+        self,
+        Xa: np.ndarray,
+        trip: np.ndarray,
+        W: torch.Tensor,
+        b: torch.Tensor | None,
+        val: tuple[np.ndarray, np.ndarray] | None,
+        rng: np.random.Generator,
+        local: np.ndarray | None,
+    ) -> FitOutput:
+        o = self.o
+        objs_all, local_all = localise(trip)
+        Xs = self.tensor(self.standardise(Xa[objs_all]))
+        Ls64 = None if local is None else self.standardise(local)
+        Ls = None if Ls64 is None else self.tensor(Ls64)
+        targets: list[torch.Tensor] = []
+        chunks: list[torch.Tensor] = []
+        if Ls64 is not None and self.extra is not None:
+            targets, chunks = self.extra.setup(Ls64, False, self.tensor)
+        chunks = [c_.to(Xs.device) for c_ in chunks]
+        step = 0
+        params = [W] if b is None else [W, b]
+        opt = torch.optim.Adam(params, lr=o.lr)
+        epochs = o.max_iter or DEFAULT_MAX_ITER["adam"]
+        m = local_all.shape[0]
+        best = math.inf
+        best_state = [p.detach().clone() for p in params]
+        bad = 0
+        curve: list[float] = []
+        val_curve: list[float] = []
+        n_epochs = 0
+        for _ in range(epochs):
+            n_epochs += 1
+            perm = rng.permutation(m)
+            total = 0.0
+            for start in range(0, m, o.batch_size):
+                batch = local_all[perm[start : start + o.batch_size]]
+                rows, loc = localise(batch)
+                E = self.embed(Xs[torch.as_tensor(rows, device=Xs.device)], W, b)
+                S = similarities_t(E, torch.as_tensor(loc, device=Xs.device))
+                ce = self.mix(cross_entropy_t(S), Ls, targets, chunks, W, b, step)
+                loss = ce + o.reg * self.penalty(W)
+                step += 1
+                self.check_finite("loss", loss)
+                opt.zero_grad()
+                loss.backward()
+                self.check_finite("gradient", W.grad, None if b is None else b.grad)
+                opt.step()
+                total += float(loss.detach()) * batch.shape[0]
+            self.check_finite("weights", W, b)
+            curve.append(total / m)
+            if val is None:
+                continue
+            v = self.objective_np(val[0], val[1], W, b)
+            val_curve.append(v)
+            if v < best:
+                best, bad = v, 0
+                best_state = [p.detach().clone() for p in params]
+            else:
+                bad += 1
+                if bad >= o.patience:
+                    break
+        if val is not None:
+            with torch.no_grad():
+                for p_, s_ in zip(params, best_state, strict=True):
+                    p_.copy_(s_)
+        return FitOutput(
+            self.weights_out(W),
+            None if b is None else self.weights_out(b),
+            n_epochs,
+            curve,
+            val_curve,
+        )
+
+
+def fit_weights(
+    opts: FitOptions,
+    Xa: np.ndarray,
+    trip: np.ndarray,
+    mean: float,
+    std: float,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    W_init: np.ndarray | None = None,
+    local: np.ndarray | None = None,
+    extra: ExtraTerm | None = None,
+) -> FitOutput:
+    """Fit ``W`` (and ``b``) on checked inputs.
+
+    ``Xa`` (n, p) float64; ``trip`` (m, 3) triplets over present rows of ``Xa``;
+    ``mean``/``std`` the global scalar standardisation; ``val`` (X, triplets) for Adam's
+    early stopping; ``W_init`` (p, p) a warm start (else the seeded ``init``);
+    ``local`` unlabeled rows for ``extra`` (both or neither).
+    """
+    fit = _Fit(opts, mean, std, extra)
+    p = Xa.shape[1]
+    rng = np.random.default_rng(opts.seed)
+    dt = DTYPES[opts.dtype]
+    with threads(opts.n_threads):
+        if W_init is None:
+            W_init = initial_weights(opts.init, opts.tau, opts.seed, p)
+        W = torch.as_tensor(W_init).to(dtype=dt, device=fit.device).requires_grad_(True)
+        b = torch.zeros(p, dtype=dt, device=fit.device, requires_grad=True) if opts.bias else None
+        if opts.optimizer == "lbfgs":
+            return fit.lbfgs(Xa, trip, W, b, local)
+        if val is None and opts.val_fraction > 0 and trip.shape[0] >= 10:
+            perm = rng.permutation(trip.shape[0])
+            n_val = max(1, round(opts.val_fraction * trip.shape[0]))
+            val = (Xa, trip[perm[:n_val]])
+            trip = trip[perm[n_val:]]
+        return fit.adam(Xa, trip, W, b, val, rng, local)

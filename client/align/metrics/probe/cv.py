@@ -1,0 +1,337 @@
+"""Object-disjoint cross-validation of a triplet estimator over a lambda grid.
+
+:func:`cross_validate` is the one lambda x fold loop (like scikit-learn's GridSearchCV
+over one parameter): it takes an ESTIMATOR (any :class:`TripletProbe`, e.g. gLocal's)
+and a SPLITTER (:class:`~align.metrics.splits.ObjectKFold`), clones the estimator for
+every (lambda, fold) with ``reg`` set to the lambda (the estimator passed in is never
+fitted or changed), scores each clone on the fold's held-out triplets and picks the
+lambda with the lowest mean held-out cross-entropy (ties: the earlier lambda in the
+grid, i.e. the larger one on a descending grid). A ``training_set`` hook replaces a
+fold's training triplets and adds fit arguments (simulated supervision; gLocal's
+unlabeled rows) without a second copy of the loop.
+
+:func:`cross_validate_probe` is the classic entry point: a :class:`TripletProbe` built
+from keyword options, ``ObjectKFold(k, seed)``, result as :class:`ProbeResult`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ...errors import InvalidInputError
+from ...results import Result, to_jsonable
+from ..splits import ObjectKFold
+from ..validation import check_bool, check_features, check_scalar, check_triplets
+from .estimator import TripletProbe, clone
+
+__all__ = [
+    "LAMBDA_GRID",
+    "MIN_TEST_TRIPLETS",
+    "MIN_TRAIN_TRIPLETS",
+    "LambdaSearch",
+    "ProbeResult",
+    "TrainingSet",
+    "cross_validate",
+    "cross_validate_probe",
+]
+
+LAMBDA_GRID: tuple[float, ...] = (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+MIN_TRAIN_TRIPLETS = 3
+MIN_TEST_TRIPLETS = 1
+
+#: ``training_set(fold, objects, triplets) -> (triplets, fit kwargs)``: ``fold`` is the
+#: fold index (None for the final refit on all objects), ``objects`` the training
+#: objects (present and not held out), ``triplets`` the real training triplets. Returns
+#: the triplets to fit on and extra keyword arguments for ``fit`` (e.g. ``X_local``).
+TrainingSet = Callable[[int | None, np.ndarray, np.ndarray], tuple[np.ndarray, dict[str, Any]]]
+
+
+@dataclasses.dataclass
+class LambdaSearch:
+    """Everything :func:`cross_validate` measured.
+
+    ``cross_entropy``/``accuracy``/``n_iter``: (n_lambdas, k) held-out numbers per lambda
+    and fold; ``correct[j][i]``: (t_i,) bool, right or wrong per held-out triplet of
+    fold ``i`` at lambda ``j``; ``splits``: per fold (train, test) row indices into
+    ``triplets`` (the triplets kept: those over present stimuli); ``n_train``: the
+    triplets each fold's estimator was fitted on; ``best``: index of the chosen lambda;
+    ``estimator``: refit on all objects at the chosen lambda (None without ``refit``).
+    """
+
+    lambdas: list[float]
+    cross_entropy: np.ndarray
+    accuracy: np.ndarray
+    n_iter: np.ndarray
+    correct: list[list[np.ndarray]]
+    splits: list[tuple[np.ndarray, np.ndarray]]
+    n_train: list[int]
+    triplets: np.ndarray
+    n_dropped: int
+    best: int
+    estimator: TripletProbe | None
+
+    @property
+    def lambda_(self) -> float:
+        return self.lambdas[self.best]
+
+    @property
+    def mean_cross_entropy(self) -> np.ndarray:
+        return np.asarray(self.cross_entropy.mean(axis=1))
+
+
+def check_lambdas(lambdas: object) -> list[float]:
+    """A non-empty sequence of finite numbers >= 0."""
+    if isinstance(lambdas, (str, bytes)) or not isinstance(lambdas, Sequence) or not lambdas:
+        raise InvalidInputError("lambdas", f"is {lambdas!r}", "a non-empty sequence of numbers")
+    return [check_scalar(v, f"lambdas[{i}]", minimum=0) for i, v in enumerate(lambdas)]
+
+
+def cross_validate(
+    estimator: TripletProbe,
+    X: object,
+    triplets: object,
+    *,
+    lambdas: Sequence[float] = LAMBDA_GRID,
+    cv: ObjectKFold | None = None,
+    refit: bool = True,
+    warm_start: bool = False,
+    training_set: TrainingSet | None = None,
+) -> LambdaSearch:
+    """Object-disjoint k-fold evaluation of ``estimator`` for every ``reg`` in ``lambdas``.
+
+    Triplets touching a missing stimulus (all-NaN row of ``X``) are dropped first
+    (``n_dropped``). Per fold and lambda a clone of ``estimator`` with ``reg=lambda`` is
+    fitted on the fold's training triplets (or the ``training_set`` hook's) and scored
+    on the held-out ones. With ``refit`` a clone at the chosen lambda is fitted on all
+    triplets (the hook's fold ``None``). ``warm_start``: within a fold the lambdas run
+    from large to small and each fit starts from the previous lambda's weights (unless
+    those collapsed to a norm below the initialisation's); see
+    :func:`cross_validate_probe`.
+    """
+    if not isinstance(estimator, TripletProbe):
+        raise InvalidInputError(
+            "estimator", f"is a {type(estimator).__name__}", "a TripletProbe (or subclass)"
+        )
+    cv = ObjectKFold() if cv is None else cv
+    if not isinstance(cv, ObjectKFold):
+        raise InvalidInputError("cv", f"is a {type(cv).__name__}", "an ObjectKFold splitter")
+    grid = check_lambdas(lambdas)
+    warm_start = check_bool(warm_start, "warm_start")
+    refit = check_bool(refit, "refit")
+    Xa, missing = check_features(X, "X")
+    trip = check_triplets(triplets, Xa.shape[0], "triplets")
+    keep = ~missing[trip].any(axis=1)
+    n_dropped = int((~keep).sum())
+    trip = trip[keep]
+    if trip.shape[0] == 0:
+        raise InvalidInputError("triplets", "has no triplet over present stimuli", "triplets")
+
+    k = cv.get_n_splits()
+    n = Xa.shape[0]
+    splits = cv.split(n, trip)
+    held_out = cv.object_folds(n)
+    present = np.flatnonzero(~missing)
+    train_sets: list[tuple[np.ndarray, dict[str, Any]]] = []
+    for i, (train, test) in enumerate(splits):
+        train_trip: np.ndarray = trip[train]
+        fit_kw: dict[str, Any] = {}
+        if training_set is not None:
+            objects = np.setdiff1d(present, held_out[i])
+            train_trip, fit_kw = training_set(i, objects, train_trip)
+        if len(train_trip) < MIN_TRAIN_TRIPLETS or len(test) < MIN_TEST_TRIPLETS:
+            raise InvalidInputError(
+                "triplets",
+                f"fold {i} of {k} keeps {len(train_trip)} training and {len(test)} held-out "
+                "triplets after the object-disjoint split",
+                f">= {MIN_TRAIN_TRIPLETS} training and >= {MIN_TEST_TRIPLETS} held-out "
+                "triplets per fold (more triplets or fewer folds)",
+            )
+        train_sets.append((train_trip, fit_kw))
+
+    ce = np.zeros((len(grid), k))
+    acc = np.zeros((len(grid), k))
+    iters = np.zeros((len(grid), k), dtype=np.int64)
+    correct: list[list[np.ndarray]] = [[np.zeros(0, dtype=bool)] * k for _ in grid]
+    # Warm start: per fold, lambdas from large to small, each fit starting from the
+    # previous lambda's solution unless that one has collapsed (||W||_F below the
+    # initialisation's: a strong unsquared penalty drives W to ~0, a poor start).
+    order = sorted(range(len(grid)), key=lambda j_: -grid[j_])
+    init_norm = float(np.linalg.norm(estimator.initial_weights(Xa.shape[1]))) if warm_start else 0.0
+    for i, (_train, test) in enumerate(splits):
+        train_trip, fit_kw = train_sets[i]
+        prev: np.ndarray | None = None
+        for j in order:
+            est = clone(estimator).set_params(reg=grid[j])
+            if warm_start:
+                est.fit(Xa, train_trip, init_weights=prev, **fit_kw)
+                if float(np.linalg.norm(est.weights_)) > init_norm:
+                    prev = est.weights_
+            else:
+                est.fit(Xa, train_trip, **fit_kw)
+            ce[j, i] = est.loss(Xa, trip[test])
+            hit = est.predict(Xa, trip[test]) == 2
+            correct[j][i] = hit
+            acc[j, i] = float(np.mean(hit))
+            iters[j, i] = est.n_iter_
+    best = int(np.argmin(ce.mean(axis=1)))  # first minimum = larger lambda on ties
+    final: TripletProbe | None = None
+    if refit:
+        all_trip: np.ndarray = trip
+        fit_kw = {}
+        if training_set is not None:
+            all_trip, fit_kw = training_set(None, present, trip)
+        final = clone(estimator).set_params(reg=grid[best]).fit(Xa, all_trip, **fit_kw)
+    return LambdaSearch(
+        lambdas=grid,
+        cross_entropy=ce,
+        accuracy=acc,
+        n_iter=iters,
+        correct=correct,
+        splits=splits,
+        n_train=[len(t) for t, _ in train_sets],
+        triplets=trip,
+        n_dropped=n_dropped,
+        best=best,
+        estimator=final,
+    )
+
+
+@dataclasses.dataclass
+class ProbeResult(Result):
+    """Cross-validated probe: held-out accuracy and cross-entropy at the chosen lambda.
+
+    ``cv`` lists every lambda with its mean held-out cross-entropy and accuracy; ``folds``
+    the per-fold numbers at the chosen lambda. ``probe`` is the transform refit on all
+    triplets with the chosen lambda (summarised, not serialised, by ``to_dict``; save it
+    with ``result.probe.save(path)``). ``to_dict`` names ``lambda_`` ``"lambda"``.
+    """
+
+    accuracy: float
+    cross_entropy: float
+    lambda_: float
+    folds: list[dict[str, Any]]
+    cv: list[dict[str, Any]]
+    k: int
+    seed: int
+    n_triplets: int
+    n_dropped: int
+    options: dict[str, Any]
+    chance: float = 1.0 / 3.0
+    selection: str = "lowest mean held-out cross-entropy"
+    probe: TripletProbe | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "probe":
+                continue
+            key = "lambda" if f.name == "lambda_" else f.name
+            out[key] = to_jsonable(getattr(self, f.name))
+        if self.probe is not None:
+            out["transform"] = {
+                "shape": list(self.probe.weights_.shape),
+                "bias": self.probe.bias_ is not None,
+                "n_iter": getattr(self.probe, "n_iter_", None),
+                "mean": self.probe.mean_,
+                "std": self.probe.std_,
+            }
+        return out
+
+
+def cross_validate_probe(
+    X: object,
+    triplets: object,
+    lambdas: Sequence[float] = LAMBDA_GRID,
+    k: int = 3,
+    seed: int = 0,
+    refit: bool = True,
+    warm_start: bool = False,
+    **probe_params: Any,
+) -> ProbeResult:
+    """Object-disjoint k-fold probe evaluation with lambda chosen by held-out cross-entropy.
+
+    :func:`cross_validate` of ``TripletProbe(seed=seed, **probe_params)`` with
+    ``ObjectKFold(k, seed)``. The lambda with the lowest mean held-out cross-entropy
+    wins (ties: the larger lambda); ``accuracy`` is the mean held-out accuracy over
+    folds at that lambda. Triplets touching a missing stimulus (all-NaN row of ``X``)
+    are dropped first (``n_dropped``). With ``refit`` the probe is refit on all
+    triplets at the chosen lambda (``result.probe``).
+
+    ``warm_start=True``: within a fold the lambdas run from large to small and each
+    fit starts from the previous lambda's weights (unless those collapsed to a norm
+    below the initialisation's) instead of the seeded init. Same objective and the
+    same training optimum within tolerance, but in the over-fitting regime (small
+    lambda, a non-convex objective with flat directions) the held-out cross-entropy
+    can differ by a few hundredths either way, so it is opt-in (bench/README.md
+    "probe" has the measured speed and losses).
+    """
+    k = int(check_scalar(k, "k", integer=True, minimum=2))
+    seed = int(check_scalar(seed, "seed", integer=True, minimum=0))
+    for bad_key in ("reg", "seed"):
+        if bad_key in probe_params:
+            raise InvalidInputError(
+                bad_key, "is set by cross_validate_probe", "lambdas=... / seed=... instead"
+            )
+    known = TripletProbe.param_names()
+    for name in probe_params:
+        if name not in known:
+            raise InvalidInputError(
+                name,
+                "is not a probe option",
+                "one of " + ", ".join(n for n in known if n not in ("reg", "seed")),
+            )
+    estimator = TripletProbe(seed=seed, **probe_params)
+    opts = estimator.fit_options()  # checks the options before any fitting
+    search = cross_validate(
+        estimator,
+        X,
+        triplets,
+        lambdas=lambdas,
+        cv=ObjectKFold(k, seed),
+        refit=refit,
+        warm_start=warm_start,
+    )
+    ce, acc, best = search.cross_entropy, search.accuracy, search.best
+    mean_ce = search.mean_cross_entropy
+    folds = [
+        {
+            "fold": i,
+            "n_train": search.n_train[i],
+            "n_test": len(test),
+            "accuracy": float(acc[best, i]),
+            "cross_entropy": float(ce[best, i]),
+            "n_iter": int(search.n_iter[best, i]),
+        }
+        for i, (_train, test) in enumerate(search.splits)
+    ]
+    cv = [
+        {
+            "lambda": lam,
+            "cross_entropy": float(mean_ce[j]),
+            "accuracy": float(acc[j].mean()),
+            "fold_cross_entropy": ce[j].tolist(),
+            "fold_accuracy": acc[j].tolist(),
+        }
+        for j, lam in enumerate(search.lambdas)
+    ]
+    params = dataclasses.asdict(opts)
+    options = {k_: v for k_, v in params.items() if k_ not in ("reg", "n_threads", "seed")}
+    options["similarity"] = "cosine" if opts.normalize else "dot"
+    options["lambdas"] = search.lambdas
+    return ProbeResult(
+        accuracy=float(acc[best].mean()),
+        cross_entropy=float(mean_ce[best]),
+        lambda_=search.lambda_,
+        folds=folds,
+        cv=cv,
+        k=k,
+        seed=seed,
+        n_triplets=int(search.triplets.shape[0]),
+        n_dropped=search.n_dropped,
+        options=options,
+        probe=search.estimator,
+    )
