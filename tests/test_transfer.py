@@ -33,6 +33,12 @@ def _human_vector(rdms: np.ndarray) -> np.ndarray:
     return rdms.mean(axis=0)[np.triu_indices(rdms.shape[1], 1)]
 
 
+def _mean_over_subjects(model_pairs: np.ndarray, rdms: np.ndarray) -> float:
+    """The headline RSA scale (METHODS.md section 5): mean over subjects of Spearman."""
+    iu = np.triu_indices(rdms.shape[1], 1)
+    return float(np.mean([ss.spearmanr(model_pairs, r[iu])[0] for r in rdms]))
+
+
 def test_identity_transform_changes_nothing(mur92: tuple[np.ndarray, np.ndarray]) -> None:
     X, rdms = mur92
     identity = {"weights": np.eye(64), "mean": 0.0, "std": 1.0}
@@ -59,10 +65,14 @@ def test_known_transform_score_computed_independently(
         n_bootstrap=0,
     )
     E = ((X - mean) / std) @ W + b
-    expected_after = ss.spearmanr(pdist(E, "cosine"), _human_vector(rdms))[0]
-    expected_before = ss.spearmanr(pdist(X, "cosine"), _human_vector(rdms))[0]
+    expected_after = _mean_over_subjects(pdist(E, "cosine"), rdms)
+    expected_before = _mean_over_subjects(pdist(X, "cosine"), rdms)
     assert result.after.spearman == pytest.approx(expected_after, abs=1e-12)
     assert result.before.spearman == pytest.approx(expected_before, abs=1e-12)
+    assert result.after.group is not None
+    assert result.after.group.spearman == pytest.approx(
+        ss.spearmanr(pdist(E, "cosine"), _human_vector(rdms))[0], abs=1e-12
+    )
     assert abs(result.after.spearman - result.before.spearman) > 1e-3  # it did change
     assert result.delta == pytest.approx(expected_after - expected_before, abs=1e-12)
 
@@ -78,9 +88,14 @@ def test_normalize_l2_normalises_rows(mur92: tuple[np.ndarray, np.ndarray]) -> N
     )
     E = ((X - 100.0) / 60.0) @ W
     E /= np.linalg.norm(E, axis=1, keepdims=True)
-    expected = ss.spearmanr(pdist(E, "euclidean"), _human_vector(rdms))[0]
+    expected = _mean_over_subjects(pdist(E, "euclidean"), rdms)
     assert result.normalize
     assert result.after.spearman == pytest.approx(expected, abs=1e-12)
+    # "before" is in the same normalisation: L2-normalised raw rows
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    expected_before = _mean_over_subjects(pdist(Xn, "euclidean"), rdms)
+    assert result.before.spearman == pytest.approx(expected_before, abs=1e-12)
+    assert result.delta == pytest.approx(expected - expected_before, abs=1e-12)
     np.testing.assert_allclose(np.linalg.norm(apply_transform(X, t, normalize=True), axis=1), 1.0)
 
 
@@ -140,3 +155,31 @@ def test_nonpositive_std_and_missing_file(tmp_path: Path) -> None:
         load_transform(tmp_path / "absent.npz")
     with pytest.raises(InvalidInputError, match="transform: is a int"):
         load_transform(3)
+
+
+def test_delta_has_a_paired_stimulus_bootstrap_interval(
+    mur92: tuple[np.ndarray, np.ndarray],
+) -> None:
+    from align.metrics.rsa import paired_rsa_delta
+
+    X, rdms = mur92
+    rng = np.random.default_rng(4)
+    t = {"weights": rng.normal(size=(64, 64)), "mean": 120.0, "std": 55.0}
+    result = transfer_rsa(X, rdms, "dissimilarity", t, n_bootstrap=50, seed=2)
+    paired = paired_rsa_delta(X, apply_transform(X, t), rdms, n_bootstrap=50, seed=2)
+    assert result.delta_ci == paired.ci_delta and result.delta_ci is not None
+    assert result.delta_ci[0] <= result.delta <= result.delta_ci[1]
+    # the identity gives a zero-width paired interval (same resamples on both sides)
+    identity = {"weights": np.eye(64), "mean": 0.0, "std": 1.0}
+    same = transfer_rsa(X, rdms, "dissimilarity", identity, n_bootstrap=20, seed=3)
+    assert same.delta_ci == pytest.approx((0.0, 0.0), abs=1e-12)
+
+
+def test_target_objects_and_triplets_without_them() -> None:
+    from align.metrics.transfer import target_objects, triplets_without
+
+    things_ids = ["aardvark", "bee", "cat", "dog", "eel"]
+    assert target_objects(["dog", "bee", "unicorn"], things_ids).tolist() == [1, 3]
+    T = np.array([[0, 2, 4], [1, 2, 4], [0, 3, 2]])
+    assert triplets_without(T, [1, 3]).tolist() == [True, False, False]
+    assert triplets_without(T, []).all()

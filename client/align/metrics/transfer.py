@@ -52,7 +52,12 @@ class LinearTransform:
 
 @dataclass
 class TransferResult(Result):
-    """RSA with the raw features (``before``) and the transformed ones (``after``)."""
+    """RSA with the raw features (``before``) and the transformed ones (``after``), in
+    the same normalisation (with ``normalize`` both have L2-normalised rows).
+
+    ``delta`` = after.score - before.score; ``delta_ci`` its paired percentile interval
+    (both RDMs rebuilt from the same stimulus resamples; subjects fixed).
+    """
 
     before: RSAResult
     after: RSAResult
@@ -62,6 +67,7 @@ class TransferResult(Result):
     transform_shape: tuple[int, int]
     transform_source: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    delta_ci: tuple[float, float] | None = None
 
 
 def _scalar(value: Any, field_name: str) -> float:
@@ -214,6 +220,19 @@ def apply_transform(X: Any, transform: Any, normalize: bool = False) -> np.ndarr
     return E
 
 
+def l2_normalize_rows(X: Any) -> np.ndarray:
+    """Rows scaled to unit length (all-NaN rows stay all-NaN; a zero row raises)."""
+    Xf = np.asarray(X, dtype=np.float64)
+    present = ~np.isnan(Xf).all(axis=1)
+    norms = np.linalg.norm(Xf[present], axis=1)
+    if (norms == 0).any():
+        row = int(np.flatnonzero(present)[np.flatnonzero(norms == 0)[0]])
+        raise NumericalError(f"features: row {row} is the zero vector; it cannot be L2-normalised")
+    out = Xf.copy()
+    out[present] = Xf[present] / norms[:, None]
+    return out
+
+
 def transfer_rsa(
     X: Any,
     matrices: Any,
@@ -224,10 +243,25 @@ def transfer_rsa(
 ) -> TransferResult:
     """RSA of ``X`` and of ``apply_transform(X, transform, normalize)`` against the same
     human matrices, with the same options (method, rdm_metric, n_bootstrap, seed, ...).
-    ``delta`` = after.score - before.score."""
+
+    Before and after are in the same normalisation: with ``normalize`` the raw rows are
+    L2-normalised too. ``delta`` = after.score - before.score with a paired
+    stimulus-bootstrap interval ``delta_ci`` (same resamples for both)."""
+    from .rsa import paired_rsa_delta
+
     t = load_transform(transform)
-    before = rsa(X, matrices, matrix_kind, **rsa_options)
-    after = rsa(apply_transform(X, t, normalize=normalize), matrices, matrix_kind, **rsa_options)
+    X_before = l2_normalize_rows(X) if normalize else X
+    X_after = apply_transform(X, t, normalize=normalize)
+    before = rsa(X_before, matrices, matrix_kind, **rsa_options)
+    after = rsa(X_after, matrices, matrix_kind, **rsa_options)
+    paired_keys = ("method", "rdm_metric", "n_bootstrap", "confidence", "seed")
+    paired = paired_rsa_delta(
+        X_before,
+        X_after,
+        matrices,
+        matrix_kind,
+        **{k: v for k, v in rsa_options.items() if k in paired_keys},
+    )
     return TransferResult(
         before=before,
         after=after,
@@ -236,5 +270,25 @@ def transfer_rsa(
         transform_digest=t.digest,
         transform_shape=(int(t.weights.shape[0]), int(t.weights.shape[1])),
         transform_source=t.source,
-        options=dict(rsa_options),
+        options={**rsa_options, "before": "L2-normalised rows" if normalize else "raw rows"},
+        delta_ci=paired.ci_delta,
     )
+
+
+def target_objects(target_ids: Any, things_ids: Any) -> np.ndarray:
+    """Indices (into the THINGS objects) of a target dataset's stimuli that ARE THINGS
+    objects (matched by id, e.g. things48's uniqueIDs); empty when none are."""
+    index = {str(sid): k for k, sid in enumerate(things_ids)}
+    return np.asarray(
+        sorted({index[str(t)] for t in target_ids if str(t) in index}), dtype=np.int64
+    )
+
+
+def triplets_without(triplets: Any, objects: Any) -> np.ndarray:
+    """``(m,)`` bool: the triplets that touch none of ``objects`` (the ones a transform
+    meant for a target over those objects may be fitted on)."""
+    T = np.asarray(triplets, dtype=np.int64)
+    excluded = np.asarray(objects, dtype=np.int64)
+    if excluded.size == 0:
+        return np.ones(T.shape[0], dtype=bool)
+    return ~np.isin(T, excluded).any(axis=1)
