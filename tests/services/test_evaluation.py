@@ -168,9 +168,9 @@ def test_second_identical_score_is_a_cache_hit_in_prometheus(eval_service: Any, 
     server = eval_service()
     with backend(server) as b:
         first = b.score(str(spose_npy), "things", options=OPTS)
-        assert b.last_cache_hit is False
+        assert first.provenance["cache"] == "miss"
         second = b.score(str(spose_npy), "things", options=OPTS)
-        assert b.last_cache_hit is True
+        assert second.provenance["cache"] == "hit"
     assert second.metrics == first.metrics
     port = server.server.metrics_port
     expected = {
@@ -218,13 +218,13 @@ def test_restarted_service_serves_the_finished_report_from_redis(
     first = eval_service()
     with backend(first) as b:
         computed = b.score(str(spose_npy), "things", options=OPTS)
-        key = b.last_report_key
+        key = computed.provenance["report_key"]
     first.stop()
 
     second = eval_service()
     with backend(second) as b:
         again = b.score(str(spose_npy), "things", options=OPTS)
-        assert b.last_cache_hit is True
+        assert again.provenance["cache"] == "hit"
         fetched = b.get_report(key)
     assert again.metrics == computed.metrics == fetched.metrics
     assert (
@@ -415,7 +415,7 @@ def test_stop_refuses_new_calls_and_lets_inflight_finish(
         gated.open()
         report = fut.result(timeout=60)
         stopping.result(timeout=60)
-        key = b.last_report_key
+        key = report.provenance["report_key"]
     assert report.value("odd_one_out", "accuracy") > 0.5
     stored = redis.Redis.from_url(redis_server.url).get(f"align:v1:report:{key}")
     assert stored is not None
