@@ -1,21 +1,34 @@
 """``align serve``: the whole service stack on one machine, stopped with Ctrl-C.
 
 1. Redis: ``--redis-url`` (checked with a PING), or a local ``redis-server`` started
-   here (no persistence) on ``--redis-port``.
+   here on 127.0.0.1 with a generated password and an append-only file under
+   ``--state-dir`` (so a restart keeps the lab's results), on ``--redis-port`` (default
+   6379, or a free port when 6379 is taken).
 2. Ray (local) and the Ray Serve application ``embedding`` from deploy/serve_config.yaml
    (the same file ``serve deploy`` uses; only ports, the data folder and, with ``--gpu``,
    the replicas' device (app arg ``device: gpu``) are overridden).
 3. The evaluation service (``python -m align_services.evaluation``) pointed at the
    embedding application and Redis.
 
+Everything listens on 127.0.0.1 except the evaluation gRPC port, which listens on
+``--host`` (the one door users reach, always behind a token; TLS with ``--tls-cert`` /
+``--tls-key`` when it leaves the machine). Ray runs with its own token authentication
+(``RAY_AUTH_MODE=token``, a token generated per start) and every Ray worker gets a setup
+hook (:func:`confine_to_loopback`) that binds Ray Serve's gRPC proxy and the replicas'
+inter-deployment gRPC servers to loopback (Serve itself binds them to all interfaces).
+The embedding service only answers calls that carry the internal credential the
+evaluation service is given (``ALIGN_INTERNAL_TOKEN``). Secrets travel in environment
+variables and a 0600 config file, never on a command line (``ps`` shows those).
+
 Prints where each part listens, then waits; Ctrl-C (or SIGTERM) stops everything in the
-reverse order. Run ``python -m align_services.stack --help``.
+reverse order within 15 s. Run ``python -m align_services.stack --help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -29,21 +42,65 @@ from typing import Any
 
 from align.errors import DataMissingError, InvalidInputError
 
+LOOPBACK = "127.0.0.1"
+#: Env var naming the interface that Ray Serve's own servers must bind (the worker
+#: setup hook reads it); the stack sets it to loopback.
+BIND_ENV = "ALIGN_SERVE_BIND_HOST"
+#: The internal credential the embedding service requires from the evaluation service.
+INTERNAL_TOKEN_ENV = "ALIGN_INTERNAL_TOKEN"
+DEFAULT_REDIS_PORT = 6379
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(os.environ.get("ALIGN_STATE_DIR") or Path(base) / "align" / "serve")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="align serve",
-        description="Run Redis, Ray Serve (embedding) and the evaluation service locally.",
+        description="Run Redis, Ray Serve (embedding) and the evaluation service locally. "
+        "Only the evaluation gRPC port listens on --host; everything else on 127.0.0.1.",
     )
     p.add_argument("--config", help="Serve config (default deploy/serve_config.yaml)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
-    p.add_argument("--grpc-port", type=int, help="Ray Serve gRPC port (config: 9000)")
-    p.add_argument("--http-port", type=int, help="Ray Serve HTTP port (config: 8000)")
-    p.add_argument("--eval-port", type=int, default=50051, help="evaluation gRPC port")
-    p.add_argument("--eval-metrics-port", type=int, default=9101, help="evaluation metrics")
-    p.add_argument("--ray-metrics-port", type=int, default=8080, help="Ray metrics export")
+    p.add_argument(
+        "--host",
+        default=LOOPBACK,
+        help="interface of the evaluation gRPC port, the only port users reach "
+        "(default 127.0.0.1; e.g. 0.0.0.0 for the lab network, with tokens and TLS)",
+    )
+    p.add_argument(
+        "--port",
+        "--eval-port",
+        dest="eval_port",
+        type=int,
+        default=50051,
+        help="evaluation gRPC port (default 50051)",
+    )
+    p.add_argument("--grpc-port", type=int, help="Ray Serve gRPC port, loopback (config: 9000)")
+    p.add_argument("--http-port", type=int, help="Ray Serve HTTP port, loopback (config: 8000)")
+    p.add_argument(
+        "--eval-metrics-port", type=int, default=9101, help="evaluation metrics, loopback"
+    )
+    p.add_argument("--ray-metrics-port", type=int, default=8080, help="Ray metrics, loopback")
     p.add_argument("--redis-url", help="use this Redis instead of starting redis-server")
-    p.add_argument("--redis-port", type=int, default=6379, help="port of a started Redis")
+    p.add_argument(
+        "--redis-port",
+        type=int,
+        help=f"port of the started Redis (default {DEFAULT_REDIS_PORT}, or a free port "
+        "when that one is taken)",
+    )
+    p.add_argument(
+        "--state-dir",
+        help="folder of the started Redis's append-only file (default $ALIGN_STATE_DIR "
+        "or ~/.local/share/align/serve)",
+    )
+    p.add_argument(
+        "--redis-maxmemory",
+        default="0",
+        help="maxmemory of the started Redis (e.g. 4gb; 0 = no limit); allkeys-lru evicts",
+    )
+    p.add_argument("--cache-ttl", type=int, help="seconds a cached report/embedding lives")
     p.add_argument("--num-cpus", type=float, help="CPUs Ray may use (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs Ray may use (default: all)")
     p.add_argument(
@@ -53,15 +110,65 @@ def build_parser() -> argparse.ArgumentParser:
         "preset); default: the config's device (auto: GPU when Ray has one)",
     )
     p.add_argument("--data-dir", help="human data folder (default $ALIGN_DATA_DIR)")
+    p.add_argument(
+        "--datasets-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of dataset folders; each sub-folder is offered to clients by its name "
+        "(repeatable)",
+    )
     p.add_argument("--no-evaluation", action="store_true", help="only Redis + Ray Serve")
     p.add_argument("--tokens-file", help="evaluation tokens (default $ALIGN_TOKENS_FILE)")
+    p.add_argument("--tls-cert", help="TLS certificate of the evaluation port (PEM)")
+    p.add_argument("--tls-key", help="TLS private key of the evaluation port (PEM)")
     p.add_argument(
         "--insecure-no-auth",
         action="store_true",
-        help="evaluation service accepts calls without a token (local use only)",
+        help="evaluation service accepts calls without a token (loopback only)",
     )
-    p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard")
+    p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (loopback)")
     return p
+
+
+def confine_to_loopback() -> None:
+    """Ray worker setup hook: bind Ray Serve's own gRPC servers to ``$ALIGN_SERVE_BIND_HOST``.
+
+    Ray Serve binds its gRPC proxy and each replica's inter-deployment gRPC server to
+    ``[::]`` (all interfaces) with no option to change it; this rewrites those addresses
+    in the worker processes of a stack that asked for it. Without the variable it does
+    nothing. tests/services/test_listeners.py checks the effect on a running stack.
+    """
+    host = os.environ.get(BIND_ENV)
+    if not host:
+        return
+
+    def confine(address: str) -> str:
+        for wildcard in ("[::]:", "0.0.0.0:"):
+            if address.startswith(wildcard):
+                return f"{host}:{address[len(wildcard) :]}"
+        return address
+
+    from ray._common import tls_utils
+    from ray.serve._private import default_impl
+
+    add_port = tls_utils.add_port_to_grpc_server
+    add_address = default_impl.add_grpc_address
+    if getattr(add_port, "_align_confined", False):
+        return
+
+    def add_port_confined(server: Any, address: str) -> Any:
+        return add_port(server, confine(address))
+
+    def add_address_confined(server: Any, address: str) -> Any:
+        return add_address(server, confine(address))
+
+    add_port_confined._align_confined = True  # type: ignore[attr-defined]
+    tls_utils.add_port_to_grpc_server = add_port_confined
+    default_impl.add_grpc_address = add_address_confined  # type: ignore[assignment]
+    replica = sys.modules.get("ray.serve._private.replica")
+    if replica is not None:
+        replica.add_port_to_grpc_server = add_port_confined  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -74,11 +181,12 @@ class Stack:
     serve_started: bool = False
     eval_proc: subprocess.Popen[bytes] | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
+    internal_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     def stop(self) -> None:
         """Stop in reverse order; every step runs even when an earlier one fails."""
         if self.eval_proc is not None:
-            _terminate(self.eval_proc, "evaluation service")
+            _terminate(self.eval_proc, "evaluation service", timeout_s=8.0)
             self.eval_proc = None
         if self.serve_started:
             try:
@@ -94,7 +202,7 @@ class Stack:
             ray.shutdown()
             self.ray_started = False
         if self.redis_proc is not None:
-            _terminate(self.redis_proc, "redis-server")
+            _terminate(self.redis_proc, "redis-server", timeout_s=5.0)
             self.redis_proc = None
 
 
@@ -132,6 +240,17 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _free_port(host: str = LOOPBACK) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _connect_host(host: str) -> str:
+    """Where to connect to reach a server bound to ``host``."""
+    return LOOPBACK if host in ("0.0.0.0", "", "::", "[::]") else host
+
+
 def start_redis(stack: Stack, args: argparse.Namespace) -> None:
     import redis
 
@@ -142,11 +261,11 @@ def start_redis(stack: Stack, args: argparse.Namespace) -> None:
         except (redis.RedisError, ValueError) as e:
             raise InvalidInputError(
                 "--redis-url",
-                f"{url} does not answer PING ({e})",
-                "a reachable Redis, e.g. redis://localhost:6379/0",
+                f"{_redact(url)} does not answer PING ({e})",
+                "a reachable Redis, e.g. redis://:PASSWORD@localhost:6379/0",
             ) from e
         stack.redis_url = url
-        stack.endpoints["redis"] = url + " (given)"
+        stack.endpoints["redis"] = _redact(url) + " (given)"
         return
     binary = shutil.which("redis-server")
     if binary is None:
@@ -154,37 +273,86 @@ def start_redis(stack: Stack, args: argparse.Namespace) -> None:
             "redis-server is not installed: install it (apt-get install redis-server) "
             "or pass --redis-url redis://HOST:PORT/0"
         )
-    if not _port_free(args.host, args.redis_port):
+    port = args.redis_port
+    if port is None:
+        port = DEFAULT_REDIS_PORT if _port_free(LOOPBACK, DEFAULT_REDIS_PORT) else _free_port()
+    elif not _port_free(LOOPBACK, port):
         raise InvalidInputError(
             "--redis-port",
-            f"{args.redis_port} is already in use",
-            "a free port, or --redis-url for the Redis that listens there",
+            f"{port} is already in use",
+            "a free port (or no --redis-port: a free one is picked), or --redis-url",
         )
-    stack.redis_proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(args.redis_port),
-            "--bind",
-            args.host,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    _wait_port(args.host, args.redis_port, 20, stack.redis_proc, "redis-server")
-    stack.redis_url = f"redis://{args.host}:{args.redis_port}/0"
-    stack.endpoints["redis"] = stack.redis_url
+    state = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    password = secrets.token_urlsafe(32)
+    conf = state / "redis.conf"
+    # The password goes in a 0600 file, not on the command line (``ps`` shows that).
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(
+            "\n".join(
+                [
+                    f"port {port}",
+                    f"bind {LOOPBACK}",
+                    "protected-mode yes",
+                    f'requirepass "{password}"',
+                    f'dir "{state}"',
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    'appenddirname "appendonly"',
+                    'save ""',
+                    f"maxmemory {args.redis_maxmemory}",
+                    "maxmemory-policy allkeys-lru",
+                    'logfile ""',
+                ]
+            )
+            + "\n"
+        )
+    stack.redis_proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL)
+    _wait_redis(port, password, stack.redis_proc)
+    stack.redis_url = f"redis://:{password}@{LOOPBACK}:{port}/0"
+    stack.endpoints["redis"] = f"redis://{LOOPBACK}:{port}/0  (password; data in {state})"
 
 
-def worker_env(args: argparse.Namespace) -> dict[str, str]:
+def _wait_redis(port: int, password: str, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until Redis answers PING (it may first replay a long append-only file)."""
+    import redis
+
+    client = redis.Redis(host=LOOPBACK, port=port, password=password, socket_timeout=2)
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with code {proc.returncode} at start")
+        try:
+            if client.ping():
+                return
+        except redis.BusyLoadingError:
+            pass
+        except redis.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server does not answer PING on {LOOPBACK}:{port}")
+        time.sleep(0.1)
+
+
+def _redact(url: str) -> str:
+    """A Redis URL without its password."""
+    head, sep, tail = url.partition("@")
+    if not sep:
+        return url
+    scheme, _, _ = head.partition("://")
+    return f"{scheme}://***@{tail}"
+
+
+def worker_env(args: argparse.Namespace, stack: Stack | None = None) -> dict[str, str]:
     env = {
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
         "TRANSFORMERS_OFFLINE": os.environ.get("TRANSFORMERS_OFFLINE", "1"),
         "RAY_USAGE_STATS_ENABLED": "0",
+        BIND_ENV: LOOPBACK,
     }
+    if stack is not None:
+        env[INTERNAL_TOKEN_ENV] = stack.internal_token
     data_dir = args.data_dir or os.environ.get("ALIGN_DATA_DIR")
     if data_dir:
         env["ALIGN_DATA_DIR"] = str(Path(data_dir).resolve())
@@ -215,7 +383,7 @@ def serve_config(args: argparse.Namespace) -> dict[str, Any]:
         config,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
-        http_host=args.host,
+        http_host=LOOPBACK,
         app_args=app_args,
     )
 
@@ -224,52 +392,100 @@ def start_serve(stack: Stack, args: argparse.Namespace, config: dict[str, Any]) 
     import ray
     from align_services.embedding import deploy
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    env = worker_env(args)
+    # Ray's own token authentication: its GCS, raylet and worker ports refuse calls
+    # without this token (a fresh one per start; Ray's child processes inherit it).
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    env = worker_env(args, stack)
     for key, value in env.items():
-        os.environ.setdefault(key, value)
+        os.environ[key] = value
     if not ray.is_initialized():
         ray.init(
             address="local",
             num_cpus=args.num_cpus,
             num_gpus=args.num_gpus,
             include_dashboard=args.dashboard,
-            runtime_env={"env_vars": env},
+            dashboard_host=LOOPBACK,
+            runtime_env={
+                "env_vars": env,
+                "worker_process_setup_hook": "align_services.stack.confine_to_loopback",
+            },
+            _node_ip_address=LOOPBACK,
             _metrics_export_port=args.ray_metrics_port,
         )
         stack.ray_started = True
     stack.serve_started = True
     deploy.deploy(config, timeout_s=600)
-    host = args.host
     stack.endpoints["embedding gRPC"] = (
-        f"{host}:{deploy.grpc_port(config)}  (metadata application={deploy.APP_NAME})"
+        f"{LOOPBACK}:{deploy.grpc_port(config)}  (internal: metadata application="
+        f"{deploy.APP_NAME} + the internal credential)"
     )
-    stack.endpoints["Serve HTTP"] = f"http://{host}:{deploy.http_port(config)}"
-    stack.endpoints["Ray metrics"] = f"http://{host}:{args.ray_metrics_port}/metrics"
+    stack.endpoints["Serve HTTP"] = f"http://{LOOPBACK}:{deploy.http_port(config)}"
+    stack.endpoints["Ray metrics"] = f"http://{LOOPBACK}:{args.ray_metrics_port}/metrics"
 
 
 def start_evaluation(stack: Stack, args: argparse.Namespace, config: dict[str, Any]) -> None:
     from align_services.embedding import deploy
 
+    if args.insecure_no_auth and args.host != LOOPBACK:
+        raise InvalidInputError(
+            "--insecure-no-auth", f"with --host {args.host}", "only with --host 127.0.0.1"
+        )
     env = dict(os.environ)
-    env.update(worker_env(args))
-    target = f"{args.host}:{deploy.grpc_port(config)}"
+    env.update(worker_env(args, stack))
+    # secrets in the environment, not on the command line
+    env["ALIGN_REDIS_URL"] = stack.redis_url
+    if args.tls_cert:
+        env["ALIGN_TLS_CERT"] = args.tls_cert
+    if args.tls_key:
+        env["ALIGN_TLS_KEY"] = args.tls_key
+    if args.tokens_file:
+        env["ALIGN_TOKENS_FILE"] = args.tokens_file
+    target = f"{LOOPBACK}:{deploy.grpc_port(config)}"
     cmd = [
         sys.executable, "-m", "align_services.evaluation",
         "--host", args.host,
         "--port", str(args.eval_port),
+        "--metrics-host", LOOPBACK,
         "--metrics-port", str(args.eval_metrics_port),
-        "--redis", stack.redis_url,
         "--embedder", f"grpc://{target}",
     ]  # fmt: skip
-    if args.tokens_file:
-        cmd += ["--tokens-file", args.tokens_file]
+    for folder in args.datasets_dir:
+        cmd += ["--datasets-dir", folder]
+    if args.cache_ttl:
+        cmd += ["--cache-ttl", str(args.cache_ttl)]
     if args.insecure_no_auth:
         cmd += ["--insecure-no-auth"]
     stack.eval_proc = subprocess.Popen(cmd, env=env)
-    _wait_port(args.host, args.eval_port, 120, stack.eval_proc, "evaluation service")
-    stack.endpoints["evaluation gRPC"] = f"{args.host}:{args.eval_port}"
-    stack.endpoints["evaluation metrics"] = f"http://{args.host}:{args.eval_metrics_port}/metrics"
+    _wait_healthy(_connect_host(args.host), args.eval_port, stack.eval_proc, bool(args.tls_cert))
+    scheme = "grpcs" if args.tls_cert else "grpc"
+    stack.endpoints["evaluation gRPC"] = f"{scheme}://{args.host}:{args.eval_port}  (token)"
+    stack.endpoints["evaluation metrics"] = f"http://{LOOPBACK}:{args.eval_metrics_port}/metrics"
+
+
+def _wait_healthy(host: str, port: int, proc: subprocess.Popen[bytes], tls: bool) -> None:
+    """Wait until the evaluation service listens and its gRPC health answers SERVING."""
+    _wait_port(host, port, 120, proc, "evaluation service")
+    if tls:  # the port answers; its certificate may name another host than loopback
+        return
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"evaluation service exited with code {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("evaluation service does not answer its health check")
+            time.sleep(0.2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -289,13 +505,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(sig, on_signal)
         if not args.no_evaluation:
             start_evaluation(stack, args, config)
-        width = max(len(k) for k in stack.endpoints)
         print("align serve: running (Ctrl-C stops everything)")
         for name, where in stack.endpoints.items():
-            print(f"  {name:<{width}}  {where}")
+            print(f"  {name}  {where}")
         sys.stdout.flush()
         while True:
-            time.sleep(1.0)
+            time.sleep(0.5)
             for proc, what in (
                 (stack.eval_proc, "evaluation service"),
                 (stack.redis_proc, "redis-server"),
@@ -313,9 +528,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         print("align serve: stopping", file=sys.stderr)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        stack.stop()
+        for sig in previous:  # a second Ctrl-C must not interrupt the shutdown
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            stack.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,12 @@ from align.errors import InvalidInputError
 AUTH_HEADER = "authorization"
 SCHEME = "bearer"
 MIN_TOKEN_LENGTH = 8
+#: Values of deploy/env.example that must never reach a running server.
+PLACEHOLDERS = ("change-me",)
+
+
+def is_placeholder(secret: str) -> bool:
+    return any(p in secret.lower() for p in PLACEHOLDERS)
 
 
 def _parse_entry(entry: str, where: str, default_name: str) -> tuple[str, str]:
@@ -28,6 +34,12 @@ def _parse_entry(entry: str, where: str, default_name: str) -> tuple[str, str]:
         name, token = default_name, entry.strip()
     if not name:
         raise InvalidInputError(where, "has an empty name before ':'", "name:token or token")
+    if is_placeholder(token):
+        raise InvalidInputError(
+            where,
+            f"token of {name!r} is the placeholder from deploy/env.example",
+            "a long random token (openssl rand -hex 24)",
+        )
     if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
         raise InvalidInputError(
             where,

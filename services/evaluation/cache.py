@@ -10,6 +10,17 @@ in ``align_cache_errors_total``, and results stay correct, only slower.
 
 A small in-process LRU of reports sits in front of Redis (tier "memory"), so a report
 just computed can be fetched again even while Redis is unreachable.
+
+What is read is verified: a report must be UTF-8 JSON of a report object
+(``model``/``dataset``/``metrics``/``provenance``), an embedding must decode to the
+header's shape with finite-or-NaN float32 values. Anything else (truncated, corrupted,
+written by something else) is a miss: the key is deleted (only if it still holds the
+bad value) and counted in ``align_cache_corrupt_total{kind}``, so the next request
+recomputes and rewrites it.
+
+Cross-process single flight: a lock key ``SET NX PX ttl`` holding a random owner token,
+renewed by its holder every ttl/3 (compare-and-expire) and released by
+compare-and-delete, so a crashed holder blocks its peers for at most one ttl.
 """
 
 from __future__ import annotations
@@ -30,13 +41,45 @@ from .metrics import ServiceMetrics
 MAGIC = b"ALGNEMB1"
 KEY_PREFIX = "align:v1:"
 
-# Compare-and-delete: release a lock only if we still own it.
+# Compare-and-delete: release a lock only if we still own it (also: delete a corrupt
+# value only if it is still the one we read).
 _RELEASE_LUA = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1])
 end
 return 0
 """
+
+# Compare-and-expire: renew a lock only if we still own it.
+_RENEW_LUA = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# A lock that would live longer than ARGV[1] ms (no holder of ours sets that) or that
+# never expires is stale: delete it.
+_BREAK_STALE_LUA = """
+local ttl = redis.call('pttl', KEYS[1])
+if ttl == -1 or ttl > tonumber(ARGV[1]) then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+_REPORT_FIELDS = ("model", "dataset", "metrics", "provenance")
+
+
+def check_report_text(blob: bytes) -> str:
+    """The report JSON text of a cached value; ValueError when it is not one."""
+    text = blob.decode("utf-8")
+    value = json.loads(text)
+    if not isinstance(value, dict) or any(k not in value for k in _REPORT_FIELDS):
+        raise ValueError("not a report object")
+    if not isinstance(value["metrics"], dict) or not isinstance(value["provenance"], dict):
+        raise ValueError("report metrics/provenance are not objects")
+    return text
 
 
 def encode_embedding(array: np.ndarray, meta: dict[str, Any]) -> bytes:
@@ -51,12 +94,25 @@ def decode_embedding(blob: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         raise ValueError("not an align embedding blob")
     (n,) = struct.unpack_from("<I", blob, len(MAGIC))
     start = len(MAGIC) + 4
+    if start + n > len(blob):
+        raise ValueError("embedding blob is truncated inside its header")
     header = json.loads(blob[start : start + n])
+    if not isinstance(header, dict) or header.get("dtype") != "<f4":
+        raise ValueError("embedding header is not an object with dtype <f4")
     shape = tuple(int(s) for s in header["shape"])
+    if len(shape) != 2 or min(shape) < 0:
+        raise ValueError(f"embedding header has shape {shape}")
+    if (len(blob) - start - n) % 4:
+        raise ValueError("embedding blob is truncated inside a float")
     data = np.frombuffer(blob, dtype="<f4", offset=start + n)
     if data.size != int(np.prod(shape)):
         raise ValueError(f"embedding blob holds {data.size} floats, header says {shape}")
-    return data.reshape(shape).astype(np.float32, copy=True), dict(header.get("meta") or {})
+    if np.isinf(data).any():
+        raise ValueError("embedding holds infinite values")
+    meta = header.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("embedding meta is not an object")
+    return data.reshape(shape).astype(np.float32, copy=True), dict(meta)
 
 
 @dataclass
@@ -148,10 +204,14 @@ class Cache:
                 "get_report", key, self._client.get(KEY_PREFIX + "report:" + key)
             )
             if ok and blob is not None:
-                text = blob.decode()
-                self._remember(key, text)
-                self.metrics.cache_hits.labels(kind="report", tier="redis").inc()
-                return text
+                try:
+                    text = check_report_text(blob)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    await self._corrupt("report", KEY_PREFIX + "report:" + key, blob, exc)
+                else:
+                    self._remember(key, text)
+                    self.metrics.cache_hits.labels(kind="report", tier="redis").inc()
+                    return text
         self.metrics.cache_misses.labels(kind="report").inc()
         return None
 
@@ -176,8 +236,8 @@ class Cache:
             if ok and blob is not None:
                 try:
                     features, meta = decode_embedding(blob)
-                except (ValueError, KeyError, json.JSONDecodeError) as exc:
-                    self._failed("decode_embedding", key, exc)
+                except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
+                    await self._corrupt("embedding", KEY_PREFIX + "emb:" + key, blob, exc)
                 else:
                     self.metrics.cache_hits.labels(kind="embedding", tier="redis").inc()
                     return CachedEmbedding(features, meta)
@@ -194,6 +254,22 @@ class Cache:
             self._client.set(KEY_PREFIX + "emb:" + key, blob, ex=self.embedding_ttl_s),
         )
         return ok
+
+    async def _corrupt(self, kind: str, rkey: str, blob: bytes, exc: BaseException) -> None:
+        """A value that does not decode: count it, delete it if it is still there."""
+        self.metrics.cache_corrupt.labels(kind=kind).inc()
+        self.log.warning(
+            "corrupt cache value deleted; recomputing",
+            extra={"kind": kind, "key": rkey, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        if self._client is not None:
+            await self._call("delete_corrupt", rkey, self._client.eval(_RELEASE_LUA, 1, rkey, blob))
+
+    async def delete_embedding(self, key: str) -> None:
+        """Drop an embedding that decoded but does not fit its use (wrong row count)."""
+        self.metrics.cache_corrupt.labels(kind="embedding").inc()
+        if self._client is not None:
+            await self._call("delete_corrupt", key, self._client.delete(KEY_PREFIX + "emb:" + key))
 
     # -- cross-process single flight ---------------------------------------------------
     async def acquire_lock(self, key: str, ttl_ms: int) -> tuple[str, bool]:
@@ -216,6 +292,31 @@ class Cache:
         if self._client is None:
             return False
         ok, n = await self._call("lock", key, self._client.exists(KEY_PREFIX + "lock:" + key))
+        return bool(ok and n)
+
+    async def renew_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        """Extend our lock by ``ttl_ms`` if we still hold it."""
+        if self._client is None:
+            return True
+        ok, n = await self._call(
+            "renew_lock",
+            key,
+            self._client.eval(_RENEW_LUA, 1, KEY_PREFIX + "lock:" + key, token, int(ttl_ms)),
+        )
+        return bool(ok and n)
+
+    async def break_stale_lock(self, key: str, ttl_ms: int) -> bool:
+        """Delete the lock of ``key`` when it would outlive any renewing holder's ttl."""
+        if self._client is None:
+            return False
+        ok, n = await self._call(
+            "break_lock",
+            key,
+            self._client.eval(_BREAK_STALE_LUA, 1, KEY_PREFIX + "lock:" + key, int(ttl_ms)),
+        )
+        if ok and n:
+            self.metrics.stale_locks.inc()
+            self.log.warning("stale lock removed", extra={"key": key})
         return bool(ok and n)
 
     async def release_lock(self, key: str, token: str) -> None:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,7 +149,11 @@ class GrpcEmbedder:
         from align.v1 import align_pb2_grpc
 
         self._stub = align_pb2_grpc.EmbeddingServiceStub(self._channel)
-        self._metadata = (("application", application),)
+        # the internal credential the embedding service requires (align serve sets it)
+        internal = os.environ.get("ALIGN_INTERNAL_TOKEN", "")
+        self._metadata: tuple[tuple[str, str], ...] = (("application", application),)
+        if internal:
+            self._metadata += (("x-align-internal", internal),)
 
     async def _call(self, method: Any, request: Any) -> Any:
         import grpc
@@ -190,7 +196,11 @@ class GrpcEmbedder:
 
         ids = list(dataset.stimulus_ids)
         n = len(ids)
-        by_id = str(dataset.id).startswith("folder:") is False
+        # registered datasets go by id (the embedding server reads its own copy); an
+        # upload or a lab folder of this server travels as image bytes
+        by_id = not str(dataset.id).startswith(("folder:", "upload:")) and not getattr(
+            dataset, "image_paths_local", False
+        )
         parts: list[np.ndarray] = []
         meta: Any = None
         await progress(0, n, f"embedding {n} stimuli with {ref.id} on {self.target}")
@@ -203,6 +213,10 @@ class GrpcEmbedder:
             elif ref.modality == "text":
                 words = list((dataset.words or ())[start : start + len(chunk)])
                 request = align_pb2.EmbedRequest(model=ref.id, layer=layer, words=words)
+            elif dataset.image_paths is not None and None not in dataset.image_paths:
+                paths = dataset.image_paths[start : start + len(chunk)]
+                images = await asyncio.to_thread(_read_all, paths)
+                request = align_pb2.EmbedRequest(model=ref.id, layer=layer, images=images)
             else:
                 raise InvalidInputError(
                     "dataset",
@@ -241,6 +255,10 @@ class GrpcEmbedder:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def _read_all(paths: Any) -> list[bytes]:
+    return [Path(p).read_bytes() for p in paths]
 
 
 def _local_preprocessing(model: str, digest: str) -> Any:

@@ -70,13 +70,29 @@ class ServiceMetrics:
         self.queued = Gauge(
             "align_queued_work", "heavy computations waiting for a worker", registry=r
         )
+        self.cache_corrupt = Counter(
+            "align_cache_corrupt_total",
+            "cached values that did not decode or verify (deleted, then recomputed)",
+            ["kind"],
+            registry=r,
+        )
+        self.stale_locks = Counter(
+            "align_stale_locks_total",
+            "single-flight locks removed because they outlived any live holder",
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "align_work_cancelled_total",
+            "computations stopped because their last waiter went away",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "align_auth_failures_total", "calls refused for a missing or wrong token", registry=r
         )
         self._http: Any = None
         self._lock = threading.Lock()
 
-    def serve_http(self, port: int, addr: str = "0.0.0.0") -> int:
+    def serve_http(self, port: int, addr: str = "127.0.0.1") -> int:
         """Expose ``/metrics`` on ``addr:port`` (0 picks a free port); returns the port."""
         with self._lock:
             if self._http is None:

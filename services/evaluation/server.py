@@ -35,9 +35,20 @@ from .auth import Authenticator, load_tokens
 from .cache import Cache
 from .embedder import GrpcEmbedder, LocalEmbedder, ModelRef, make_embedder
 from .errors import describe
+from .limits import (
+    Policy,
+    check_dataset_name,
+    check_model_id,
+    check_options,
+    confine_folder,
+    folder_datasets,
+    parse_options_json,
+    unknown_dataset,
+)
 from .logs import configure_logging
 from .metrics import ServiceMetrics
 from .pool import FairScheduler
+from .uploads import UploadLimits
 
 SERVICE_NAME = "align.v1.EvaluationService"
 DEFAULT_LAYER = "penultimate"
@@ -48,9 +59,10 @@ log = logging.getLogger("align_services.evaluation")
 class ServerConfig:
     """Everything the server reads from its command line / environment."""
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int | None = 9101  # None: no HTTP endpoint; 0: a free port
+    metrics_host: str = "127.0.0.1"
     redis_url: str | None = "redis://127.0.0.1:6379/0"
     embedder: str = "local"  # "local" | "grpc://host:port"
     embed_chunk_size: int = 256
@@ -64,11 +76,14 @@ class ServerConfig:
     max_stimuli: int = 100_000
     max_request_bytes: int = 1 << 20
     max_metrics: int = 16
-    lock_ttl_s: float = 900.0
+    lock_ttl_s: float = 30.0  # renewed every lock_ttl_s / 3 while the work runs
     grace_s: float = 30.0
     data_dir: str | None = None
     report_ttl_s: int | None = None
     embedding_ttl_s: int | None = None
+    policy: Policy = field(default_factory=Policy)  # what remote clients may ask (limits.py)
+    uploads_dir: str | None = None  # uploaded datasets (None: a temporary folder)
+    upload_limits: UploadLimits = field(default_factory=UploadLimits)
 
     @classmethod
     def with_env_tokens(cls, **kwargs: Any) -> ServerConfig:
@@ -93,6 +108,7 @@ class Flight:
         self.result: tuple[str, bool] | None = None  # (report_json, cache_hit)
         self.error: BaseException | None = None
         self.followers = 0
+        self.task: asyncio.Task[Any] | None = None
 
     async def publish(self, **event: Any) -> None:
         async with self.cond:
@@ -172,6 +188,7 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._datasets: OrderedDict[str, Any] = OrderedDict()
         self._datasets_lock = asyncio.Lock()
+        self._active: dict[str, int] = {}  # Score calls per token (running + waiting)
 
     # -- plumbing ----------------------------------------------------------------------
     async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> str:
@@ -223,13 +240,40 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
             if name in self._datasets:
                 self._datasets.move_to_end(name)
                 return self._datasets[name]
-        from align.datasets import load_dataset
-
-        ds = await asyncio.to_thread(load_dataset, name, self.config.data_dir)
+        ds = await asyncio.to_thread(self._load_dataset_sync, name)
         async with self._datasets_lock:
             self._datasets[name] = ds
             while len(self._datasets) > 8:
                 self._datasets.popitem(last=False)
+        return ds
+
+    def _load_dataset_sync(self, name: str) -> Any:
+        """A dataset a remote client may name: a registered id, a folder under the
+        operator's roots (by name), or an upload; never a path (limits.py)."""
+        import dataclasses
+
+        from align.datasets import _SPECS, load_dataset
+        from align.datasets.folder import load_folder
+
+        check_dataset_name(name, _SPECS)
+        if name in _SPECS:
+            return load_dataset(name, self.config.data_dir)
+        if name.startswith("upload:"):
+            from .uploads import load_upload
+
+            return load_upload(self.config.uploads_dir, name)
+        folders = folder_datasets(self.config.policy.datasets_dirs)
+        if name not in folders:
+            raise unknown_dataset(name, [*_SPECS, *folders])
+        confine_folder(folders[name], name)
+        ds = load_folder(folders[name])
+        from .uploads import public_description
+
+        ds = dataclasses.replace(
+            ds, id=name, source=name, description=public_description(ds, name), digest=""
+        )
+        # the embedding service cannot read this server's folders: send image bytes
+        object.__setattr__(ds, "image_paths_local", True)
         return ds
 
     def _validate(self, request: align_pb2.ScoreRequest) -> tuple[list[str], str, dict[str, Any]]:
@@ -252,15 +296,23 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
         if len(set(metrics)) != len(metrics):
             raise InvalidInputError("metrics", f"has duplicates: {metrics}", "distinct names")
         layer = request.layer.strip()
-        options = _parse_options(request.options_json)
+        limits = self.config.policy.limits
+        options = check_options(parse_options_json(request.options_json, limits), limits)
+        model = request.model.strip()
+        if model and not request.features:
+            from align.models.registry import _known_ids
+
+            check_model_id(model, self.config.policy, _known_ids())
+        if len(layer) > limits.max_string:
+            raise InvalidInputError("layer", f"is {len(layer)} characters", "a layer name")
         return metrics, layer, options
 
     # -- RPCs --------------------------------------------------------------------------
     async def Score(
         self, request: align_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[align_pb2.ScoreProgress]:
-        async with self._rpc(context, "Score") as who:
-            yield _progress(stage="dataset", message=f"loading dataset {request.dataset}")
+        async with self._rpc(context, "Score") as who, self._admit(who):
+            yield _progress(stage="dataset", message=f"loading dataset {request.dataset:.80}")
             plan = await self._plan(request, who)
             if not request.refresh:
                 text = await self.cache.get_report(plan.key)
@@ -273,18 +325,56 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                 flight = Flight()
                 self._flights[plan.key] = flight
                 task = asyncio.create_task(self._compute(plan, flight))
+                flight.task = task
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
                 self.metrics.coalesced.inc()
                 log.info("joined identical computation", extra={"key": plan.key, "who": who})
-            async for event in flight.follow():
-                yield _progress(**event)
+            # A deadline of the server's own when the client set none.
+            remaining = context.time_remaining()
+            limit = self.config.policy.limits.default_deadline_s
+            budget = limit if remaining is None else min(remaining, limit)
+            flight.followers += 1
+            try:
+                async for event in _until(flight.follow(), budget):
+                    yield _progress(**event)
+            except asyncio.TimeoutError:
+                raise ResourceLimitError(
+                    f"Score: no report within this server's deadline of {budget:.0f} s"
+                ) from None
+            finally:
+                flight.followers -= 1
+                if flight.followers == 0 and not flight.finished and flight.task is not None:
+                    # the last waiter is gone (disconnected, cancelled, timed out): stop
+                    # the work nobody waits for
+                    log.info("work cancelled: no waiter left", extra={"key": plan.key})
+                    self.metrics.cancelled.inc()
+                    if self._flights.get(plan.key) is flight:
+                        self._flights.pop(plan.key, None)
+                    flight.task.cancel()
             if flight.error is not None:
                 raise flight.error
             assert flight.result is not None
             text, hit = flight.result
             yield self._final(text, plan, cache_hit=hit)
+
+    @contextlib.asynccontextmanager
+    async def _admit(self, who: str) -> AsyncIterator[None]:
+        """At most ``max_queued_per_token`` Score calls of one token at once."""
+        cap = self.config.policy.limits.max_queued_per_token
+        if self._active.get(who, 0) >= cap:
+            raise ResourceLimitError(
+                f"queue: {who} already has {cap} Score calls running or waiting, this "
+                "server's limit per token; wait for one to finish"
+            )
+        self._active[who] = self._active.get(who, 0) + 1
+        try:
+            yield
+        finally:
+            self._active[who] -= 1
+            if not self._active[who]:
+                del self._active[who]
 
     async def _plan(self, request: align_pb2.ScoreRequest, who: str) -> _Plan:
         """Validate, resolve model and dataset, and plan the request with
@@ -371,24 +461,29 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
         except BaseException as exc:  # delivered to every follower
             error = exc
         finally:
-            self._flights.pop(plan.key, None)
+            if self._flights.get(plan.key) is flight:
+                self._flights.pop(plan.key, None)
             await flight.finish(result, error)
 
     async def _compute_once(self, plan: _Plan, flight: Flight) -> tuple[str, bool]:
         key = plan.key
         ttl_ms = int(self.config.lock_ttl_s * 1000)
         owner, acquired = await self.cache.acquire_lock(key, ttl_ms)
-        deadline = time.monotonic() + self.config.lock_ttl_s
         while not acquired:
             await flight.publish(
                 stage="queued", message="an identical request is running on another server"
             )
+            # A live holder renews its lock every ttl/3; one that crashed stops renewing
+            # and its lock expires. A lock set to live far longer than any holder renews
+            # it (an older server, or a hand-made key) is stale: taken away.
+            await self.cache.break_stale_lock(key, ttl_ms)
             await asyncio.sleep(0.25)
             text = await self.cache.get_report(key)
             if text is not None:
                 return text, True
-            if time.monotonic() > deadline or not await self.cache.lock_exists(key):
+            if not await self.cache.lock_exists(key):
                 owner, acquired = await self.cache.acquire_lock(key, ttl_ms)
+        renewing = asyncio.create_task(self._renew(key, owner, ttl_ms))
         try:
             # Another process may have finished it between our miss and our lock.
             text = await self.cache.get_report(key)
@@ -411,7 +506,15 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
             self.metrics.queued.dec()
             self.metrics.inflight.inc()
             try:
-                stored, text = await self._run(plan, flight)
+                budget = self.config.policy.limits.job_timeout_s
+                try:
+                    stored, text = await asyncio.wait_for(self._run(plan, flight), budget)
+                except asyncio.TimeoutError:
+                    raise ResourceLimitError(
+                        f"job: the computation ran past this server's time budget of "
+                        f"{budget:.0f} s; ask for less (fewer bootstraps, a shorter "
+                        "lambda grid) or ask the operator"
+                    ) from None
                 # One SET of the whole JSON, before the lock is released: a report is
                 # either absent or complete, never half-written.
                 await self.cache.put_report(key, stored)
@@ -420,7 +523,16 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                 self.metrics.inflight.dec()
                 ticket.release()
         finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
             await self.cache.release_lock(key, owner)
+
+    async def _renew(self, key: str, owner: str, ttl_ms: int) -> None:
+        """Keep our lock alive while the work runs (every ttl/3)."""
+        while True:
+            await asyncio.sleep(ttl_ms / 3000)
+            await self.cache.renew_lock(key, owner, ttl_ms)
 
     async def _run(self, plan: _Plan, flight: Flight) -> tuple[str, str]:
         """(report JSON to store, report JSON to send) for one plan, in the worker pool."""
@@ -458,6 +570,8 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
         if cached is not None and cached.features.shape[0] == n:
             await flight.publish(stage="embedding", done=n, total=n, message="embeddings cached")
             return cached.features, True
+        if cached is not None:  # decoded, but not this dataset's rows: a bad entry
+            await self.cache.delete_embedding(plan.fkey)
 
         async def progress(done: int, total: int, message: str) -> None:
             await flight.publish(stage="embedding", done=done, total=total, message=message)
@@ -485,7 +599,12 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
             from align.datasets import list_datasets
 
             statuses = await asyncio.to_thread(list_datasets, self.config.data_dir)
+            folders = await asyncio.to_thread(folder_datasets, self.config.policy.datasets_dirs)
             out = align_pb2.ListDatasetsResponse()
+            for fname in sorted(folders):
+                out.datasets.add(
+                    id=fname, kind="folder", present=True, path=fname, description="lab dataset"
+                )
             for s in statuses:
                 out.datasets.add(
                     id=str(s.id),
@@ -512,6 +631,24 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                 )
             return align_pb2.GetReportResponse(key=key, report_json=text)
 
+    async def UploadDataset(
+        self, request: align_pb2.UploadDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> align_pb2.UploadDatasetResponse:
+        async with self._rpc(context, "UploadDataset") as who:
+            from .uploads import has_upload, store
+
+            digest = request.digest.strip()
+            name = f"upload:{digest}"
+            if not request.files:
+                present = await asyncio.to_thread(has_upload, self.config.uploads_dir, digest)
+                return align_pb2.UploadDatasetResponse(dataset=name, present=present)
+            files = [(f.name, f.data) for f in request.files]
+            stored = await asyncio.to_thread(
+                store, self.config.uploads_dir, digest, files, self.config.upload_limits
+            )
+            log.info("dataset uploaded", extra={"dataset": name, "who": who, "stored": stored})
+            return align_pb2.UploadDatasetResponse(dataset=name, present=True, stored=stored)
+
     async def drain(self, timeout: float) -> None:
         """Wait for running computations (so their reports get written)."""
         if self._tasks:
@@ -520,6 +657,22 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
 
 class _Refused(Exception):
     pass
+
+
+async def _until(events: AsyncIterator[Any], seconds: float) -> AsyncIterator[Any]:
+    """``events`` until ``seconds`` have passed (then asyncio.TimeoutError)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    iterator = events.__aiter__()
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise asyncio.TimeoutError
+        try:
+            event = await asyncio.wait_for(iterator.__anext__(), remaining)
+        except StopAsyncIteration:
+            return
+        yield event
 
 
 def _status_of(exc: BaseException) -> grpc.StatusCode:
@@ -636,7 +789,14 @@ class EvaluationServer:
             options=[
                 # gRPC's own hard cap sits above ours, so that an oversize request gets
                 # our RESOURCE_EXHAUSTED message naming the limit, not a transport error.
-                ("grpc.max_receive_message_length", max(4 * cfg.max_request_bytes, 4 << 20)),
+                (
+                    "grpc.max_receive_message_length",
+                    max(
+                        4 * cfg.max_request_bytes,
+                        cfg.upload_limits.max_total_bytes + (1 << 20),
+                        4 << 20,
+                    ),
+                ),
                 ("grpc.max_send_message_length", 256 << 20),
                 ("grpc.so_reuseport", 0),
             ]
@@ -660,7 +820,7 @@ class EvaluationServer:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(cfg.metrics_port)
+            self.metrics_port = self.metrics.serve_http(cfg.metrics_port, cfg.metrics_host)
         log.info(
             "evaluation service started",
             extra={

@@ -147,12 +147,21 @@ def test_remote_score_equals_embedded_score(eval_service: Any, spose_npy: Path, 
     assert remote.value("odd_one_out", "accuracy") == pytest.approx(expected, abs=1e-12)
 
 
+def spose_model(path: Path) -> str:
+    """A model id the operator registered for the SPoSE features file (remote clients may
+    not name the file itself: the server reads no client paths)."""
+    from align.models import register_model
+
+    register_model("test/spose66", f"features:{path}")
+    return "test/spose66"
+
+
 def test_model_id_path_uses_the_local_embedder(eval_service: Any, spose_npy: Path, data_dir: Path):
     server = eval_service()
     reply = raw_score(
         server,
         align_pb2.ScoreRequest(
-            model=f"features:{spose_npy}", dataset="things", options_json='{"n_bootstrap": 50}'
+            model=spose_model(spose_npy), dataset="things", options_json='{"n_bootstrap": 50}'
         ),
     )
     assert not isinstance(reply, grpc.RpcError), reply
@@ -237,9 +246,9 @@ def test_restarted_service_serves_the_finished_report_from_redis(
 
 
 def by_id(path: Path, **kw: Any) -> align_pb2.ScoreRequest:
-    """A small request: the server reads the features file itself (model-id path)."""
+    """A small request: the server embeds with a model id registered for the file."""
     fields: dict[str, Any] = dict(
-        model=f"features:{path}", dataset="things", options_json='{"n_bootstrap": 50}'
+        model=spose_model(path), dataset="things", options_json='{"n_bootstrap": 50}'
     )
     fields.update(kw)
     return align_pb2.ScoreRequest(**fields)

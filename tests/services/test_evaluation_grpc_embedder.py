@@ -70,9 +70,12 @@ class RowsEmbeddingService(align_pb2_grpc.EmbeddingServiceServicer):
 def test_grpc_embedder_chunks_by_stimulus_id_and_matches_local(
     eval_service: Any, spose_npy: Path, data_dir: Path
 ):
+    from align.models import register_model
+
     from tests.ports import free_port
 
-    model = f"features:{spose_npy}"
+    model = "test/spose66-grpc"  # an operator-registered id: clients send no server paths
+    register_model(model, f"features:{spose_npy}")
     service = RowsEmbeddingService(model, np.load(spose_npy), data_dir)
     port = free_port()
     embedding_server = grpc.server(futures.ThreadPoolExecutor(4))

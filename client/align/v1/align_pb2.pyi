@@ -173,6 +173,32 @@ class GetReportRequest(_message.Message):
     key: str
     def __init__(self, key: _Optional[str] = ...) -> None: ...
 
+class UploadedFile(_message.Message):
+    __slots__ = ("name", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadDatasetRequest(_message.Message):
+    __slots__ = ("digest", "files")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    files: _containers.RepeatedCompositeFieldContainer[UploadedFile]
+    def __init__(self, digest: _Optional[str] = ..., files: _Optional[_Iterable[_Union[UploadedFile, _Mapping]]] = ...) -> None: ...
+
+class UploadDatasetResponse(_message.Message):
+    __slots__ = ("dataset", "present", "stored")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    present: bool
+    stored: bool
+    def __init__(self, dataset: _Optional[str] = ..., present: _Optional[bool] = ..., stored: _Optional[bool] = ...) -> None: ...
+
 class GetReportResponse(_message.Message):
     __slots__ = ("key", "report_json")
     KEY_FIELD_NUMBER: _ClassVar[int]

@@ -226,6 +226,11 @@ class EvaluationServiceStub:
                 request_serializer=align_dot_v1_dot_align__pb2.GetReportRequest.SerializeToString,
                 response_deserializer=align_dot_v1_dot_align__pb2.GetReportResponse.FromString,
                 _registered_method=True)
+        self.UploadDataset = channel.unary_unary(
+                '/align.v1.EvaluationService/UploadDataset',
+                request_serializer=align_dot_v1_dot_align__pb2.UploadDatasetRequest.SerializeToString,
+                response_deserializer=align_dot_v1_dot_align__pb2.UploadDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluationServiceServicer:
@@ -256,6 +261,16 @@ class EvaluationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadDataset(self, request, context):
+        """A dataset folder of the client's own (judgments + images), stored by content: Score
+        then names it as dataset "upload:<digest>". The server never reads a client's path;
+        the client sends the files. Ask first with no files: when the server already holds
+        `digest` (present), nothing needs to be sent again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -273,6 +288,11 @@ def add_EvaluationServiceServicer_to_server(servicer, server):
                     servicer.GetReport,
                     request_deserializer=align_dot_v1_dot_align__pb2.GetReportRequest.FromString,
                     response_serializer=align_dot_v1_dot_align__pb2.GetReportResponse.SerializeToString,
+            ),
+            'UploadDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadDataset,
+                    request_deserializer=align_dot_v1_dot_align__pb2.UploadDatasetRequest.FromString,
+                    response_serializer=align_dot_v1_dot_align__pb2.UploadDatasetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +380,33 @@ class EvaluationService:
             '/align.v1.EvaluationService/GetReport',
             align_dot_v1_dot_align__pb2.GetReportRequest.SerializeToString,
             align_dot_v1_dot_align__pb2.GetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/align.v1.EvaluationService/UploadDataset',
+            align_dot_v1_dot_align__pb2.UploadDatasetRequest.SerializeToString,
+            align_dot_v1_dot_align__pb2.UploadDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,
