@@ -11,7 +11,8 @@ DEB_PACKAGES := redis-server docker-compose chromium
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export RAY_AUTH_MODE := disabled
+# No RAY_AUTH_MODE here: `align serve` turns Ray's token authentication on itself (a token
+# per start); the test session's own Ray (tests/conftest.py) runs on loopback.
 export RAY_USAGE_STATS_ENABLED := 0
 export ALIGN_DATA_DIR ?= $(DATA_DIR)
 
