@@ -378,7 +378,7 @@ def test_nan_inside_a_row_raises() -> None:
         ([[0, 1, 2], [0, 0, 1]], "triplets[1]"),
         ([[0, 1]], "triplets"),
         (np.zeros((0, 3), dtype=int), "triplets"),
-        ([[0.5, 1, 2]], "triplets"),
+        ([[0.5, 1, 2]], "triplets[0]"),  # validation names the row of a non-integer
     ],
 )
 def test_bad_triplets_name_the_row(triplets: object, field: str) -> None:

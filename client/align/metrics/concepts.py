@@ -19,17 +19,24 @@ import numpy as np
 
 from ..errors import InvalidInputError, NumericalError
 from ..results import Result
+from .bootstrap import check_bootstrap_options, cluster_mean, distinct_triplet_groups
 from .oddoneout import (
     SIMILARITIES,
     Similarity,
-    _check_choice,
-    _predict_from_similarities,
-    _split_missing,
-    _triplet_similarities,
-    check_triplets,
+    predict_from_similarities,
+    split_missing,
+    triplet_similarities,
 )
+from .validation import check_choice, check_triplets
 
-__all__ = ["ConceptAccuracy", "ConceptResult", "concept_of_triplets", "per_concept_accuracy"]
+__all__ = [
+    "ConceptAccuracy",
+    "ConceptResult",
+    "DimensionName",
+    "concept_of_triplets",
+    "name_dimensions",
+    "per_concept_accuracy",
+]
 
 
 def _check_vice(vice: object) -> np.ndarray:
@@ -59,13 +66,70 @@ def concept_of_triplets(vice: object, triplets: object) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class ConceptAccuracy(Result):
-    """Accuracy on the triplets of one VICE dimension (None where it has none)."""
+    """Accuracy on the triplets of one VICE dimension (None where it has none).
+
+    ``n_triplets`` counts responses, ``n_distinct`` the distinct triplets among them
+    (the independent units); ``ci`` / ``probed_ci`` / ``reference_ci`` resample those
+    distinct triplets (the one accuracy estimator, :func:`~align.metrics.bootstrap.
+    cluster_mean`). ``reference_accuracy`` is a reference embedding's accuracy on the
+    same responses (SPoSE: how hard the dimension is for a human-derived embedding).
+    """
 
     dimension: int
     label: str
     n_triplets: int
     accuracy: float | None
     probed_accuracy: float | None
+    n_distinct: int = 0
+    ci: tuple[float, float] | None = None
+    probed_ci: tuple[float, float] | None = None
+    reference_accuracy: float | None = None
+    reference_ci: tuple[float, float] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DimensionName(Result):
+    """A VICE dimension named by its best-matching labelled SPoSE dimension: ``match_r``
+    is the Pearson correlation of the two dimensions' loadings over the objects."""
+
+    dimension: int
+    label: str
+    spose_dimension: int
+    match_r: float
+
+
+def name_dimensions(
+    vice: object, spose: object, spose_labels: Sequence[str]
+) -> list[DimensionName]:
+    """Name each VICE dimension by the SPoSE dimension whose loadings over the same
+    objects correlate most with it (labels from data, e.g.
+    ``things_spose66d/labels_spose_66d_short.txt``), with that correlation."""
+    V = _check_vice(vice)
+    S = _check_vice(spose)
+    if S.shape[0] != V.shape[0]:
+        raise InvalidInputError(
+            "spose", f"has {S.shape[0]} rows", f"{V.shape[0]}, the VICE embedding's objects"
+        )
+    names = [str(x) for x in spose_labels]
+    if len(names) != S.shape[1]:
+        raise InvalidInputError(
+            "spose_labels", f"has {len(names)} names", f"{S.shape[1]}, one per SPoSE dimension"
+        )
+
+    def standardise(M: np.ndarray) -> np.ndarray:
+        c = M - M.mean(axis=0)
+        sd = c.std(axis=0)
+        sd[sd == 0] = 1.0
+        return np.asarray(c / sd)
+
+    R = standardise(V).T @ standardise(S) / V.shape[0]  # (vice dims, spose dims)
+    best = np.argmax(R, axis=1)
+    return [
+        DimensionName(
+            dimension=k, label=names[int(j)], spose_dimension=int(j), match_r=float(R[k, j])
+        )
+        for k, j in enumerate(best)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +187,11 @@ def per_concept_accuracy(
     *,
     similarity: Similarity = "cosine",
     probed: object = None,
+    reference: object = None,
+    reference_similarity: Similarity = "dot",
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> ConceptResult:
     """Accuracy per VICE dimension (METHODS.md section 6).
 
@@ -131,8 +200,14 @@ def per_concept_accuracy(
     triplets are dropped) or an ``(m,)`` bool mask of correct triplets.
     ``probed``: optional ``(m,)`` correctness of a probe on the same triplets (bool mask
     or predicted odd-one-out positions, 2 = correct).
+    ``reference``: optional reference on the same triplets: ``(n, q)`` features of a
+    human-derived embedding (SPoSE; scored with ``reference_similarity``, default dot as
+    in SPoSE's choice model) or an ``(m,)`` correctness mask.
     ``labels``: one name per VICE dimension (default ``"dimension <k>"``).
+    Each accuracy gets a cluster-bootstrap interval over the dimension's distinct
+    triplets (``n_bootstrap`` resamples; 0: none).
     """
+    check_bootstrap_options(n_bootstrap, confidence, seed)
     V = _check_vice(vice)
     n_dims = V.shape[1]
     if labels is None:
@@ -145,15 +220,15 @@ def per_concept_accuracy(
             )
     arr = np.asarray(features_or_correct)
     if arr.ndim == 2:
-        _check_choice(similarity, "similarity", SIMILARITIES)
-        X, T, keep = _split_missing(arr, triplets)
+        check_choice(similarity, "similarity", SIMILARITIES)
+        X, T, keep = split_missing(arr, triplets)
         if X.shape[0] != V.shape[0]:
             raise InvalidInputError(
                 "features", f"has {X.shape[0]} rows", f"{V.shape[0]} rows, one per VICE row"
             )
         correct = np.zeros(T.shape[0], dtype=bool)
         if keep.any():
-            pred = _predict_from_similarities(*_triplet_similarities(X, T[keep], similarity))
+            pred = predict_from_similarities(*triplet_similarities(X, T[keep], similarity))
             correct[keep] = pred == 2
         source, sim_used = "features", similarity
     elif arr.ndim == 1:
@@ -168,6 +243,20 @@ def per_concept_accuracy(
             "(n, p) features or an (m,) bool mask of correct triplets",
         )
     probed_correct = None if probed is None else _as_correct(probed, T.shape[0], "probed")
+    reference_correct = None
+    if reference is not None:
+        ref = np.asarray(reference)
+        if ref.ndim == 2:
+            check_choice(reference_similarity, "reference_similarity", SIMILARITIES)
+            Xr, Tr, keep_r = split_missing(ref, T, warn=False)
+            reference_correct = np.zeros(T.shape[0], dtype=bool)
+            if keep_r.any():
+                pred_r = predict_from_similarities(
+                    *triplet_similarities(Xr, Tr[keep_r], reference_similarity)
+                )
+                reference_correct[keep_r] = pred_r == 2
+        else:
+            reference_correct = _as_correct(ref, T.shape[0], "reference")
     if not keep.any():
         raise InvalidInputError(
             "features", "every triplet touches a missing stimulus", "feature rows for the stimuli"
@@ -175,26 +264,44 @@ def per_concept_accuracy(
     T, correct = T[keep], correct[keep]
     if probed_correct is not None:
         probed_correct = probed_correct[keep]
+    if reference_correct is not None:
+        reference_correct = reference_correct[keep]
     concept = np.argmax((V[T[:, 0]] + V[T[:, 1]]) / 2.0, axis=1)
-    counts = np.bincount(concept, minlength=n_dims)
-    hits = np.bincount(concept, weights=correct, minlength=n_dims)
-    probed_hits = (
-        np.bincount(concept, weights=probed_correct, minlength=n_dims)
-        if probed_correct is not None
-        else None
-    )
+    groups = distinct_triplet_groups(T)
+
+    def estimate(
+        values: np.ndarray | None, mask: np.ndarray
+    ) -> tuple[float | None, tuple[float, float] | None]:
+        if values is None or not mask.any():
+            return None, None
+        est = cluster_mean(
+            values[mask].astype(np.float64),
+            groups[mask],
+            n_bootstrap=n_bootstrap,
+            confidence=confidence,
+            seed=seed,
+        )
+        return est.value, est.ci
+
     rows = []
     for k in range(n_dims):
-        n_k = int(counts[k])
+        mask = concept == k
+        n_k = int(mask.sum())
+        acc, ci = estimate(correct, mask)
+        p_acc, p_ci = estimate(probed_correct, mask)
+        r_acc, r_ci = estimate(reference_correct, mask)
         rows.append(
             ConceptAccuracy(
                 dimension=k,
                 label=names[k],
                 n_triplets=n_k,
-                accuracy=float(hits[k] / n_k) if n_k else None,
-                probed_accuracy=(
-                    float(probed_hits[k] / n_k) if n_k and probed_hits is not None else None
-                ),
+                accuracy=acc,
+                probed_accuracy=p_acc,
+                n_distinct=int(np.unique(groups[mask]).size),
+                ci=ci,
+                probed_ci=p_ci,
+                reference_accuracy=r_acc,
+                reference_ci=r_ci,
             )
         )
     return ConceptResult(

@@ -40,6 +40,7 @@ import numpy as np
 from ..errors import InvalidInputError, NumericalError
 from ..results import Result
 from .bootstrap import check_bootstrap_options, cluster_mean
+from .validation import check_choice, check_features, check_triplets
 
 __all__ = [
     "CHANCE",
@@ -80,73 +81,8 @@ class MissingStimuliWarning(UserWarning):
 # --------------------------------------------------------------------------- validation
 
 
-def _check_choice(value: object, field: str, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise InvalidInputError(field, f"is {value!r}", "one of " + ", ".join(allowed))
-    return value
-
-
-def check_features(features: object, field: str = "features") -> tuple[np.ndarray, np.ndarray]:
-    """Validate a feature matrix; return ``(X as float64, missing row mask)``.
-
-    A row that is entirely NaN is a missing stimulus. Any other NaN or infinity raises
-    NumericalError naming the first bad row and column.
-    """
-    arr = np.asarray(features)
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise InvalidInputError(
-            field, f"has shape {arr.shape}", "a 2-D (n_stimuli, n_features) array"
-        )
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise InvalidInputError(field, f"has dtype {arr.dtype}", "a real float or integer array")
-    X = np.ascontiguousarray(arr, dtype=np.float64)
-    finite = np.isfinite(X)
-    if finite.all():
-        return X, np.zeros(X.shape[0], dtype=bool)
-    missing: np.ndarray = np.asarray(np.isnan(X).all(axis=1))
-    bad = ~finite & ~missing[:, None]
-    if bad.any():
-        row, col = (int(v) for v in np.argwhere(bad)[0])
-        raise NumericalError(
-            f"{field}: row {row} column {col} is {X[row, col]} (only a whole row of NaN may "
-            f"mark a missing stimulus; {int(bad.sum())} non-finite values in partly-finite rows)"
-        )
-    return X, missing
-
-
-def check_triplets(triplets: object, n_objects: int, field: str = "triplets") -> np.ndarray:
-    """Validate an ``(m, 3)`` array of distinct indices in ``[0, n_objects)``; int64 copy.
-
-    Floats that are whole numbers are accepted. Raises InvalidInputError naming the first
-    offending row.
-    """
-    arr = np.asarray(triplets)
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise InvalidInputError(field, f"has shape {arr.shape}", "an (m, 3) integer array")
-    if arr.shape[0] == 0:
-        raise InvalidInputError(field, "is empty", "at least one triplet")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
-            raise InvalidInputError(field, "has non-integer values", "integer indices")
-    elif not np.issubdtype(arr.dtype, np.integer):
-        raise InvalidInputError(field, f"has dtype {arr.dtype}", "an integer array")
-    T = np.ascontiguousarray(arr, dtype=np.int64)
-    lo, hi = int(T.min()), int(T.max())
-    if lo < 0 or hi >= n_objects:
-        bad = np.flatnonzero(((T < 0) | (T >= n_objects)).any(axis=1))[0]
-        raise InvalidInputError(
-            f"{field}[{bad}]",
-            f"has index {T[bad].tolist()} out of range",
-            f"0-based indices in [0, {n_objects}) (one per stimulus row)",
-        )
-    a, b, c = T[:, 0], T[:, 1], T[:, 2]
-    same = (a == b) | (a == c) | (b == c)
-    if same.any():
-        bad = int(np.flatnonzero(same)[0])
-        raise InvalidInputError(
-            f"{field}[{bad}]", f"repeats a stimulus: {T[bad].tolist()}", "three distinct stimuli"
-        )
-    return T
+# One rule per input kind: align.metrics.validation (check_features and check_triplets
+# are re-exported here for the callers that import them from this module).
 
 
 # --------------------------------------------------------------------------- similarities
@@ -224,15 +160,21 @@ def _pair_similarities(
     return res
 
 
-def _triplet_similarities(
+def _distinct_columns(
+    X: np.ndarray, T: np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(distinct rows of X, the triplets' three columns as indices into them)."""
+    Xu, uid = _distinct_rows(X)
+    if Xu.shape[0] == X.shape[0]:  # no duplicate rows: index X directly
+        return X, (T[:, 0], T[:, 1], T[:, 2])
+    return Xu, (uid[T[:, 0]], uid[T[:, 1]], uid[T[:, 2]])
+
+
+def triplet_similarities(
     X: np.ndarray, T: np.ndarray, similarity: str, pairs: str = "ab,ac,bc"
 ) -> list[np.ndarray]:
     """Similarities (one (m,) array per named pair) of triplets without missing rows."""
-    Xu, uid = _distinct_rows(X)
-    if Xu.shape[0] == X.shape[0]:  # no duplicate rows: index X directly
-        Xu, cols = X, (T[:, 0], T[:, 1], T[:, 2])
-    else:
-        cols = (uid[T[:, 0]], uid[T[:, 1]], uid[T[:, 2]])
+    Xu, cols = _distinct_columns(X, T)
     where = {"ab": (0, 1), "ac": (0, 2), "bc": (1, 2)}
     chosen = [(cols[where[p][0]], cols[where[p][1]]) for p in pairs.split(",")]
     sims = _pair_similarities(Xu, chosen, similarity)
@@ -245,7 +187,7 @@ def _triplet_similarities(
     return sims
 
 
-def _predict_from_similarities(s_ab: np.ndarray, s_ac: np.ndarray, s_bc: np.ndarray) -> np.ndarray:
+def predict_from_similarities(s_ab: np.ndarray, s_ac: np.ndarray, s_bc: np.ndarray) -> np.ndarray:
     """Position of the odd one out: first maximal pair in the order (ab, ac, bc); -1 on a
     full tie."""
     ab_best = (s_ab >= s_ac) & (s_ab >= s_bc)
@@ -255,7 +197,59 @@ def _predict_from_similarities(s_ab: np.ndarray, s_ac: np.ndarray, s_bc: np.ndar
     return pred
 
 
-def _split_missing(
+def _order_codes(S: np.ndarray) -> np.ndarray:
+    """int16 codes whose order agrees with the float64 values': ``a < b`` in codes implies
+    ``a < b`` in values (equal codes say nothing).
+
+    The values are scaled by a power of two (exact) so the largest fits float16, rounded
+    to float16 (monotone), and the float16 bit patterns mapped to integers of the same
+    order (negative patterns have their magnitude bits flipped). ``+ 0.0`` first turns
+    -0.0 into +0.0, so the two zeros, equal as floats, get one code."""
+    biggest = float(np.abs(S).max(initial=0.0))
+    exponent = int(np.frexp(biggest)[1]) if biggest > 0 else 0
+    half = np.ldexp(S + 0.0, 15 - exponent).astype(np.float16).view(np.int16)
+    return np.where(half >= 0, half, half ^ np.int16(0x7FFF)).astype(np.int16)
+
+
+def predict_positions(X: np.ndarray, T: np.ndarray, similarity: str) -> np.ndarray:
+    """``predict_from_similarities(*triplet_similarities(X, T, similarity))``, faster.
+
+    Same predictions bit for bit, ties included. On the similarity-matrix path the three
+    comparisons of a triplet run on small int16 codes of the float64 matrix
+    (:func:`_order_codes`), chunk by chunk so that keys and gathered codes stay in cache
+    (and the code table is a quarter of the matrix's size). The codes keep the matrix's
+    order wherever they differ; only triplets with two EQUAL codes are decided again on
+    the float64 values themselves, so nothing is approximated.
+    """
+    Xu, cols = _distinct_columns(X, T)
+    u = Xu.shape[0]
+    m = T.shape[0]
+    if m == 0 or not (u * u <= _MAX_MATRIX_ENTRIES and u * u <= 24 * m):
+        return predict_from_similarities(*triplet_similarities(X, T, similarity))
+    S64 = _similarity_matrix(Xu, similarity)
+    if not np.isfinite(S64).all():
+        return predict_from_similarities(*triplet_similarities(X, T, similarity))  # raises
+    flat64 = S64.reshape(-1)
+    codes = _order_codes(flat64)
+    pred = np.empty(m, dtype=np.int64)
+    step = 1 << 14
+    for start in range(0, m, step):
+        stop = min(m, start + step)
+        i, j, k = (c[start:stop] for c in cols)
+        iu = i * u
+        ab, ac, bc = iu + j, iu + k, j * u + k
+        c_ab, c_ac, c_bc = codes.take(ab), codes.take(ac), codes.take(bc)
+        out = pred[start:stop]
+        out[:] = predict_from_similarities(c_ab, c_ac, c_bc)
+        unsure = (c_ab == c_ac) | (c_ab == c_bc) | (c_ac == c_bc)
+        if unsure.any():
+            out[unsure] = predict_from_similarities(
+                flat64.take(ab[unsure]), flat64.take(ac[unsure]), flat64.take(bc[unsure])
+            )
+    return pred
+
+
+def split_missing(
     features: object, triplets: object, warn: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate; return (X, T, keep mask over triplets)."""
@@ -282,13 +276,13 @@ def pairwise_triplet_similarities(
 
     Rows of triplets that touch a missing stimulus (all-NaN feature row) are NaN.
     """
-    _check_choice(similarity, "similarity", SIMILARITIES)
-    X, T, keep = _split_missing(features, triplets)
+    check_choice(similarity, "similarity", SIMILARITIES)
+    X, T, keep = split_missing(features, triplets)
     if keep.all():
-        return np.stack(_triplet_similarities(X, T, similarity), axis=1)
+        return np.stack(triplet_similarities(X, T, similarity), axis=1)
     out = np.full((T.shape[0], 3), np.nan)
     if keep.any():
-        out[keep] = np.stack(_triplet_similarities(X, T[keep], similarity), axis=1)
+        out[keep] = np.stack(triplet_similarities(X, T[keep], similarity), axis=1)
     return out
 
 
@@ -301,13 +295,13 @@ def predict_odd_one_out(
     that touch a missing stimulus. The human choice is position 2 in the stored
     convention, so ``predict_odd_one_out(X, T) == 2`` is the per-triplet correctness.
     """
-    _check_choice(similarity, "similarity", SIMILARITIES)
-    X, T, keep = _split_missing(features, triplets)
+    check_choice(similarity, "similarity", SIMILARITIES)
+    X, T, keep = split_missing(features, triplets)
     if keep.all():
-        return _predict_from_similarities(*_triplet_similarities(X, T, similarity))
+        return predict_positions(X, T, similarity)
     pred = np.full(T.shape[0], -1, dtype=np.int64)
     if keep.any():
-        pred[keep] = _predict_from_similarities(*_triplet_similarities(X, T[keep], similarity))
+        pred[keep] = predict_positions(X, T[keep], similarity)
     return pred
 
 
@@ -345,21 +339,29 @@ def _canonical(T: np.ndarray, convention: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _group(T: np.ndarray, convention: str, n_objects: int) -> _Groups:
-    """Group responses into distinct triplets and count the answers in each group."""
+    """Group responses into distinct triplets and count the answers in each group.
+
+    One sort does both: each response's key is its distinct triplet followed by the
+    position (0, 1, 2) of its answer among the triplet's canonically ordered objects, so
+    sorted keys run through the groups and, inside a group, through its answers in the
+    order of their object ids."""
     m = T.shape[0]
     canon, answer = _canonical(T, convention)
     n = max(n_objects, 1)
-    if n < 2_000_000:
-        keys = (canon[:, 0] * n + canon[:, 1]) * n + canon[:, 2]
+    position = np.where(answer == canon[:, 0], 0, np.where(answer == canon[:, 1], 1, 2))
+    if 3 * n**3 < 2**62:
+        keys = ((canon[:, 0] * n + canon[:, 1]) * n + canon[:, 2]) * 3 + position
         order = np.argsort(keys)
         sorted_keys = keys[order]
-        new = np.empty(m, dtype=bool)
-        new[0] = True
-        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
     else:  # pragma: no cover - keys would overflow int64
-        order = np.lexsort((canon[:, 2], canon[:, 1], canon[:, 0]))
+        order = np.lexsort((position, canon[:, 2], canon[:, 1], canon[:, 0]))
         sc = canon[order]
-        new = np.r_[True, (sc[1:] != sc[:-1]).any(axis=1)]
+        group_index = np.cumsum(np.r_[False, (sc[1:] != sc[:-1]).any(axis=1)])
+        sorted_keys = group_index * 3 + position[order]
+    group_keys = sorted_keys // 3
+    new = np.empty(m, dtype=bool)
+    new[0] = True
+    np.not_equal(group_keys[1:], group_keys[:-1], out=new[1:])
     if new.all():  # every response is its own distinct triplet
         ones = np.ones(m, dtype=np.int64)
         ident = np.arange(m)
@@ -371,15 +373,14 @@ def _group(T: np.ndarray, convention: str, n_objects: int) -> _Groups:
     gid_sorted = np.cumsum(new) - 1
     inverse = np.empty(m, dtype=np.int64)
     inverse[order] = gid_sorted
-    # Count answers per group: group ids are sorted already, so sort answers within them.
-    codes = np.sort(gid_sorted * n + answer[order], kind="stable")
+    # Answer runs: equal keys are one (group, answer) combination.
     run = np.empty(m, dtype=bool)
     run[0] = True
-    np.not_equal(codes[1:], codes[:-1], out=run[1:])
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=run[1:])
     run_starts = np.flatnonzero(run)
     counts = np.diff(np.append(run_starts, m))
-    codes = codes[run_starts]
-    answer_group = codes // n
+    answer_group = gid_sorted[run_starts]
+    answers = answer[order[run_starts]]
     group_starts = np.flatnonzero(np.r_[True, answer_group[1:] != answer_group[:-1]])
     top = np.maximum.reduceat(counts, group_starts)
     is_top = counts == top[answer_group]
@@ -389,7 +390,7 @@ def _group(T: np.ndarray, convention: str, n_objects: int) -> _Groups:
         sizes=sizes,
         first=order[starts],
         majority_share=top / sizes,
-        answers=codes % n,
+        answers=answers,
         answer_group=answer_group,
         answer_is_top=is_top,
         n_top=n_top,
@@ -444,7 +445,7 @@ def loo_noise_ceiling(triplets: object, convention: Convention = "odd-one-out") 
     bound a model can actually reach (the in-sample :func:`noise_ceiling` counts each
     response in its own majority). Raises InvalidInputError when no triplet repeats.
     """
-    _check_choice(convention, "convention", CONVENTIONS)
+    check_choice(convention, "convention", CONVENTIONS)
     arr = np.asarray(triplets)
     n_objects = int(arr.max()) + 1 if arr.size and np.issubdtype(arr.dtype, np.number) else 0
     T = check_triplets(arr, max(n_objects, 1))
@@ -467,7 +468,7 @@ def noise_ceiling(triplets: object, convention: Convention = "odd-one-out") -> f
     matter here (the share is the same). Raises InvalidInputError when no triplet was
     answered more than once.
     """
-    _check_choice(convention, "convention", CONVENTIONS)
+    check_choice(convention, "convention", CONVENTIONS)
     arr = np.asarray(triplets)
     n_objects = int(arr.max()) + 1 if arr.size and np.issubdtype(arr.dtype, np.number) else 0
     T = check_triplets(arr, max(n_objects, 1))
@@ -546,15 +547,15 @@ def _score(
     seed: int,
     clip_normalized: bool,
 ) -> OddOneOutResult:
-    _check_choice(similarity, "similarity", SIMILARITIES)
-    _check_choice(variant, "variant", VARIANTS)
+    check_choice(similarity, "similarity", SIMILARITIES)
+    check_choice(variant, "variant", VARIANTS)
     check_bootstrap_options(n_bootstrap, confidence, seed)
     if not isinstance(clip_normalized, bool):
         raise InvalidInputError("clip_normalized", f"is {clip_normalized!r}", "True or False")
     chance = CHANCE if convention == "odd-one-out" else ANCHOR_CHANCE
     given_ceiling = _check_ceiling(ceiling, chance)
 
-    X, T_all, keep = _split_missing(features, triplets, warn=True)
+    X, T_all, keep = split_missing(features, triplets, warn=True)
     n_dropped = int((~keep).sum())
     if not keep.any():
         raise InvalidInputError(
@@ -570,10 +571,10 @@ def _score(
     def correct_of(trip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(predicted answer object or -1, full-tie mask) for triplets in ``trip``."""
         if convention == "odd-one-out":
-            pred = _predict_from_similarities(*_triplet_similarities(X, trip, similarity))
+            pred = predict_positions(X, trip, similarity)
             obj = np.where(pred >= 0, trip[np.arange(trip.shape[0]), np.maximum(pred, 0)], -1)
             return obj, pred < 0
-        s_ab, s_ac = _triplet_similarities(X, trip, similarity, pairs="ab,ac")
+        s_ab, s_ac = triplet_similarities(X, trip, similarity, pairs="ab,ac")
         obj = np.where(s_ab > s_ac, trip[:, 1], np.where(s_ac > s_ab, trip[:, 2], -1))
         return obj, s_ab == s_ac
 

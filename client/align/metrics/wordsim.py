@@ -21,7 +21,7 @@ from scipy import stats
 from ..errors import InvalidInputError, NumericalError
 from ..results import Result
 from .bootstrap import check_bootstrap_options, percentile_interval
-from .oddoneout import check_features
+from .validation import check_features
 
 __all__ = ["WordSimResult", "word_similarity"]
 
