@@ -309,7 +309,7 @@ def _cluster_ratio_stats(
             drawn = rng.integers(0, G, size=G)
             totals[b] = np.bincount(drawn, minlength=G).astype(np.float64) @ stacked
     else:
-        distinct, counts = np.unique(stacked, axis=0, return_counts=True)
+        distinct, counts = _distinct_rows_counts(stacked)
         if distinct.shape[0] <= _MAX_DISTINCT_VALUES:
             draws = rng.multinomial(G, counts / G, size=n_bootstrap).astype(np.float64)
             totals = draws @ distinct
@@ -318,6 +318,45 @@ def _cluster_ratio_stats(
             for b in range(n_bootstrap):
                 totals[b] = stacked[rng.integers(0, G, size=G)].sum(axis=0)
     return totals[:, :-1] / totals[:, -1:]
+
+
+def _distinct_rows_counts(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(rows, axis=0, return_counts=True)`` in linear time for the usual case.
+
+    Each column is coded by its value when it holds small non-negative integers (counts
+    of correct answers, unit sizes) and by its rank otherwise; the codes combine into one
+    integer per row that keeps the rows' lexicographic order, so the distinct rows come
+    out in the same order as ``np.unique`` gives them (the multinomial draws depend on
+    that order). Falls back to ``np.unique`` when the combined codes would not fit."""
+    codes: list[np.ndarray] = []
+    levels: list[np.ndarray] = []
+    for col in rows.T:
+        if col.size and col.min() >= 0 and col.max() < 1 << 20 and (col == np.round(col)).all():
+            code = col.astype(np.int64)
+            level = np.arange(int(code.max()) + 1, dtype=np.float64)
+        else:
+            level, code = np.unique(col, return_inverse=True)
+            code = code.reshape(-1).astype(np.int64)
+        codes.append(code)
+        levels.append(level)
+    bases = [max(1, lv.size) for lv in levels]
+    if float(np.prod(np.asarray(bases, dtype=np.float64))) >= 2.0**62:
+        return np.unique(rows, axis=0, return_counts=True)  # pragma: no cover - huge codes
+    key = np.zeros(rows.shape[0], dtype=np.int64)
+    for code, base in zip(codes, bases, strict=True):
+        key = key * base + code
+    if int(key.max(initial=0)) < 10_000_000:
+        tally = np.bincount(key)
+        present = np.flatnonzero(tally)
+        counts = tally[present]
+    else:
+        present, counts = np.unique(key, return_counts=True)
+    out = np.empty((present.size, rows.shape[1]), dtype=np.float64)
+    rest = present
+    for j in range(rows.shape[1] - 1, -1, -1):
+        out[:, j] = levels[j][rest % bases[j]]
+        rest = rest // bases[j]
+    return out, counts
 
 
 def _check_values(values: object, field: str, n: int | None = None) -> np.ndarray:
