@@ -3,6 +3,10 @@
     client = align.connect("eval.example.org:50051", token="...")   # or ALIGN_SERVER/ALIGN_TOKEN
     report = client.score("timm/tf_efficientnet_lite0", "things")
 
+A folder dataset of your own (``score(model, Path("my/folder"))``, ``"./my/folder"``, or a
+Dataset loaded from one) is uploaded: the server never reads a client's path
+(align.uploads). Calls time out after ``timeout_s`` (default 2 hours).
+
 The server plans and assembles reports with the same code as embedded ``align.score``
 (`align.scoring`) and sends back ``Report.to_dict()``, so the numbers, cache keys and
 provenance digests are the same; the provenance says ``backend: remote`` and ``cache:
@@ -46,6 +50,7 @@ from .scoring import (
     load_features,
     npz_key,
 )
+from .uploads import folder_files, is_local_folder, upload_digest
 
 
 class ServiceUnavailableError(AlignError, ConnectionError):
@@ -148,7 +153,7 @@ class RemoteBackend:
         retries: int = 4,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
-        timeout_s: float | None = None,
+        timeout_s: float | None = 7200.0,
         max_message_bytes: int = 256 << 20,
     ) -> None:
         import grpc
@@ -238,8 +243,38 @@ class RemoteBackend:
         show = opts.pop("progress", self.progress)
         for name in ENGINE_OPTIONS:  # how the server embeds is the server's business
             opts.pop(name, None)
+        folder = is_local_folder(dataset)
+        if folder is not None:  # the server reads no client paths: send the folder
+            dataset = self.upload_dataset(folder)
         request = self._score_request(model, dataset, metrics, layer, opts, cache is False)
         return self._retrying(lambda: self._stream(request, show))
+
+    def upload_dataset(self, folder: str | Path) -> str:
+        """Send a folder dataset (judgments + JPEG/PNG images) to the server; returns its id
+        there (``upload:<sha256>``). Content-addressed: when the server already holds the
+        same content, nothing but the digest is sent."""
+        files = folder_files(Path(folder))
+        digest = upload_digest(files)
+        pb = self._pb
+
+        def ask() -> Any:
+            return self._stub.UploadDataset(
+                pb.UploadDatasetRequest(digest=digest),
+                metadata=self._metadata,
+                timeout=self.timeout_s,
+            )
+
+        reply = self._retrying(ask)
+        if not reply.present:
+            request = pb.UploadDatasetRequest(
+                digest=digest, files=[pb.UploadedFile(name=n, data=d) for n, d in files]
+            )
+            reply = self._retrying(
+                lambda: self._stub.UploadDataset(
+                    request, metadata=self._metadata, timeout=self.timeout_s
+                )
+            )
+        return str(reply.dataset)
 
     def _score_request(
         self,
