@@ -416,6 +416,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from .api import features, resolve_dataset
     from .evaluation import evaluate
+    from .scoring import is_features_path
 
     _note_local("probe (it saves the fitted transform here)")
 
@@ -424,8 +425,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         raise InvalidInputError("--output", f"is {str(out)!r}", "a path ending in .npz")
     if not out.parent.exists():
         raise InvalidInputError("--output", f"folder {str(out.parent)!r} does not exist", None)
-    ds = resolve_dataset(args.dataset, args.data_dir)
     model: Any = args.model
+    ds = resolve_dataset(args.dataset, args.data_dir, uses_images=not is_features_path(model))
     X = features(
         model,
         ds,
