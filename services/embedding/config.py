@@ -11,6 +11,7 @@ path of the bad key (``args.resources.gpu.num_gpus``) and that says what was exp
 from __future__ import annotations
 
 import os
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -118,7 +119,7 @@ def invalid_input(exc: ValidationError, model: type[BaseModel], where: str) -> I
             _path(where, parent), f"has unknown keys {unknown}", f"only {known}"
         )
     error = errors[0]
-    problem = "is missing" if error["type"] == "missing" else f"is {error['input']!r}"
+    problem = "is missing" if error["type"] == "missing" else f"is {reprlib.repr(error['input'])}"
     return InvalidInputError(_path(where, error["loc"]), problem, _expected(error))
 
 
