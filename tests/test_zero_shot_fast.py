@@ -1,0 +1,102 @@
+"""The fast zero-shot paths give the reference answers exactly (METHODS §2).
+
+``predict_positions`` decides on int16 order codes and re-decides ties on float64; the
+reference is ``predict_from_similarities`` on the float64 similarities. ``_group`` sorts
+once; the reference groups with a dict. ``_distinct_rows_counts`` replaces
+``np.unique(axis=0)`` and must keep its order (the multinomial draws depend on it)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+from align.metrics.bootstrap import _distinct_rows_counts
+from align.metrics.oddoneout import (
+    _group,
+    predict_from_similarities,
+    predict_positions,
+    triplet_similarities,
+)
+
+
+def _triplets(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+    return np.array([rng.choice(n, 3, replace=False) for _ in range(m)], dtype=np.int64)
+
+
+def _reference(X: np.ndarray, T: np.ndarray, similarity: str) -> np.ndarray:
+    return predict_from_similarities(*triplet_similarities(X, T, similarity))
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot", "euclidean"])
+def test_fast_prediction_keeps_exact_ties(similarity: str) -> None:
+    rng = np.random.default_rng(3)
+    full_ties = 0
+    for trial in range(60):
+        n = int(rng.integers(3, 30))
+        X = rng.integers(-2, 3, size=(n, int(rng.integers(1, 4)))).astype(np.float64)
+        if trial % 2:
+            X[rng.integers(0, n, size=n // 3)] = X[0]  # duplicate rows: forced-equal pairs
+        T = _triplets(rng, n, 2000)  # many triplets: the matrix path
+        got = predict_positions(X, T, similarity)
+        want = _reference(X, T, similarity)
+        np.testing.assert_array_equal(got, want)
+        full_ties += int((want == -1).sum())
+    assert full_ties > 0  # the data really exercise the tie rule
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e6])
+@pytest.mark.parametrize("similarity", ["cosine", "dot", "euclidean"])
+def test_fast_prediction_on_close_values(similarity: str, scale: float) -> None:
+    """Clustered features (cosines within a narrow band) give many equal int16 codes;
+    tiny and huge magnitudes test the power-of-two scaling before float16."""
+    rng = np.random.default_rng(5)
+    X = (np.abs(rng.standard_normal((300, 32))) + 5.0) * scale
+    T = _triplets(rng, 300, 30_000)
+    np.testing.assert_array_equal(predict_positions(X, T, similarity), _reference(X, T, similarity))
+
+
+def _dict_groups(T: np.ndarray) -> tuple[dict, dict]:
+    members: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    answers: dict[tuple[int, ...], Counter] = defaultdict(Counter)
+    for r, (a, b, c) in enumerate(T.tolist()):
+        key = tuple(sorted((a, b, c)))
+        members[key].append(r)
+        answers[key][c] += 1
+    return members, answers
+
+
+def test_single_sort_grouping_matches_a_dict() -> None:
+    rng = np.random.default_rng(7)
+    n = 8
+    T = _triplets(rng, n, 400)  # 56 possible sets: many repeats, varied answers
+    groups = _group(T, "odd-one-out", n)
+    members, answers = _dict_groups(T)
+    assert groups.sizes.size == len(members)
+    for key, rows in members.items():
+        g = groups.inverse[rows[0]]
+        assert (groups.inverse[rows] == g).all()
+        assert groups.sizes[g] == len(rows)
+        counts = answers[key]
+        top = max(counts.values())
+        assert groups.majority_share[g] == pytest.approx(top / len(rows))
+        assert groups.n_top[g] == sum(1 for v in counts.values() if v == top)
+        mine = groups.answer_group == g
+        got = zip(groups.answers[mine].tolist(), groups.answer_counts[mine].tolist(), strict=True)
+        assert dict(got) == dict(counts)
+        assert list(groups.answers[mine]) == sorted(counts)  # answers in object order
+
+
+def test_distinct_rows_counts_equals_numpy_unique() -> None:
+    rng = np.random.default_rng(11)
+    cases = [
+        rng.integers(0, 6, size=(500, 2)).astype(np.float64),
+        np.c_[rng.integers(0, 4, size=300) / rng.integers(1, 4, size=300), np.ones(300)],
+        np.round(rng.random((400, 3)) * 3, 1),
+        np.c_[rng.integers(0, 3, size=50).astype(np.float64), rng.integers(1, 9, size=50)],
+    ]
+    for rows in cases:
+        got_rows, got_counts = _distinct_rows_counts(rows)
+        want_rows, want_counts = np.unique(rows, axis=0, return_counts=True)
+        np.testing.assert_array_equal(got_rows, want_rows)
+        np.testing.assert_array_equal(got_counts, want_counts)
