@@ -488,8 +488,11 @@ def test_dockerfile_lint() -> None:
             args[name] = value
     stages = [rest for word, rest in instructions if word == "FROM"]
     assert len(stages) >= 2, "multi-stage build expected"
+    named = {rest.split()[2] for rest in stages if len(rest.split()) == 3}  # FROM x AS name
     for rest in stages:
         image = rest.split()[0]
+        if image in named:  # an earlier stage of this file
+            continue
         image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
         name, _, tag = image.rpartition(":")
         assert name and tag and tag != "latest", f"FROM {image} is not pinned by tag"

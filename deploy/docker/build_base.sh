@@ -12,7 +12,8 @@
 #   align-redis:bookworm         + redis-server (Debian 7.0), runs as `redis` in /data
 #   align-prometheus:bookworm    + prometheus (Debian 2.42) and wget (its healthcheck)
 # The Debian mirror is read from /etc/apt/sources.list*; ALIGN_DEBIAN_MIRROR overrides it.
-# An image that already exists is kept (ALIGN_REBUILD_BASE=1 rebuilds). Needs root
+# An existing base image is kept (ALIGN_REBUILD_BASE=1 rebuilds it); the two service
+# images are always built (from Docker's layer cache when nothing changed). Needs root
 # (debootstrap), debootstrap and a running Docker engine. Nothing leaves this machine but
 # the apt downloads from that mirror.
 set -euo pipefail
@@ -70,11 +71,17 @@ else
 fi
 [ "$only_base" = 1 ] && exit 0
 
-build() {  # build TAG DOCKERFILE
-  if have_image "$1"; then echo "build_base: $1 exists"; return; fi
-  DOCKER_BUILDKIT=0 docker build -q --network host --build-arg "BASE_IMAGE=$base" \
-    -f "$2" -t "$1" "$here/base" >/dev/null
-  echo "build_base: built $1"
+build() {  # build TAG DOCKERFILE (always: Docker's layer cache makes a rebuild a no-op)
+  local out
+  out="$(mktemp)"
+  if ! DOCKER_BUILDKIT=0 docker build --network host --build-arg "BASE_IMAGE=$base" \
+      -f "$2" -t "$1" "$here/base" >"$out" 2>&1; then
+    tail -n 30 "$out" >&2
+    rm -f "$out"
+    exit 1
+  fi
+  rm -f "$out"
+  echo "build_base: $1 built"
 }
 build "$redis" "$here/base/redis.Dockerfile"
 build "$prometheus" "$here/base/prometheus.Dockerfile"

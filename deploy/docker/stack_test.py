@@ -62,6 +62,7 @@ OPTIONS = {"n_bootstrap": 50}
 #: needs once the images exist (containers, volumes, the model cache).
 NEED_BUILD_GIB = float(os.environ.get("ALIGN_STACKTEST_NEED_GIB", "24"))
 NEED_RUN_GIB = 4.0
+WHEEL_PORT = int(os.environ.get("ALIGN_STACKTEST_WHEEL_PORT", "38457"))
 DOCKERD_LOG = Path(os.environ.get("ALIGN_DOCKERD_LOG", "/var/log/align-dockerd.log"))
 #: Metrics only a node with GPUs exports (Ray's reporter agent).
 GPU_ONLY = {"ray_node_gram_used", "ray_node_gram_available", "ray_node_gpus_utilization"}
@@ -237,7 +238,12 @@ def serve_for_build(indexes: list[Path], cert: Path | None) -> Iterator[tuple[st
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    # a fixed port by default: the URLs are build args, and a changed build arg is a cache
+    # miss for every later layer (a busy port falls back to a free one, uncached)
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", WHEEL_PORT), Handler)
+    except OSError:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -286,25 +292,34 @@ def build_images() -> dict[str, float]:
             ALIGN_IMAGE,
             ".",
         ]
-        proc = subprocess.run(
+        lines, cached, step_at = [], 0, time.monotonic()
+        with subprocess.Popen(
             argv,
             cwd=REPO,
             env={**os.environ, "DOCKER_BUILDKIT": "0"},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
-            timeout=3600,
-        )
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # the build log, one line per step (and its timing)
+                line = line.rstrip()
+                lines.append(line)
+                if line.startswith("Step "):
+                    log(f"  build {line[:110]}")
+                    step_at = time.monotonic()
+                elif "Using cache" in line:
+                    cached += 1
+                    log("    (cached)")
+                elif line.startswith(" ---> ") and time.monotonic() - step_at > 5:
+                    log(f"    done in {time.monotonic() - step_at:.0f}s")
+                elif line.startswith("align ") and "torch" in line:
+                    log(f"  image check: {line}")
+            proc.wait(3600)
     times["align"] = time.monotonic() - t
-    steps = [line for line in proc.stdout.splitlines() if line.startswith("Step ")]
-    cached = sum(1 for line in proc.stdout.splitlines() if "Using cache" in line)
     if proc.returncode != 0:
-        raise Failed(
-            "docker build failed:\n" + "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
-        )
-    for line in proc.stdout.splitlines():
-        if line.startswith("align ") and "torch" in line:
-            log(f"  image check: {line}")
-    log(f"built {ALIGN_IMAGE} in {times['align']:.0f}s ({len(steps)} steps, {cached} cached)")
+        raise Failed("docker build failed:\n" + "\n".join(lines[-40:]))
+    log(f"built {ALIGN_IMAGE} in {times['align']:.0f}s ({cached} steps from the cache)")
     for image in (BASE_IMAGE, "align-redis:bookworm", "align-prometheus:bookworm", ALIGN_IMAGE):
         size = run(["docker", "image", "inspect", "-f", "{{.Size}}", image], quiet=True).stdout
         log(f"image {image}: {int(size) / 1e9:.2f} GB")
@@ -354,14 +369,13 @@ class Stack:
             "ALIGN_DATA_HOST_DIR": str(self.data),
             "ALIGN_WEIGHTS_HOST_DIR": str(tmp / "weights"),
             "ALIGN_TOKENS": f"stack-test:{self.token}",
+            "REDIS_PASSWORD": secrets.token_hex(16),
             "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16),  # required by the file; unused
         }
         self.write_configs()
 
     def write_configs(self) -> None:
         import yaml
-
-        sys.path.insert(0, str(REPO / "services"))
         from align_services.embedding import deploy
 
         config = deploy.override(
@@ -413,6 +427,25 @@ class Stack:
             *args,
         ]
         return run(argv, env=self.env, timeout=timeout, check=check, quiet=True)
+
+    def check_overrides(self) -> None:
+        """compose.test.yml replaces redis's command to add --bind/--port: it must be
+        docker-compose.yml's command otherwise (a hardening there must reach the test)."""
+        import yaml
+
+        prod = yaml.safe_load(
+            run(
+                ["docker-compose", "-f", "docker-compose.yml", "config"], env=self.env, quiet=True
+            ).stdout
+        )["services"]["redis"]["command"]
+        test = yaml.safe_load(self.compose("config").stdout)["services"]["redis"]["command"]
+        extra = ["--bind", "127.0.0.1", "--port", str(self.ports["REDIS"])]
+        if test != prod + extra:
+            raise Failed(
+                f"deploy/compose.test.yml's redis command {test} is not "
+                f"docker-compose.yml's {prod} + {extra}"
+            )
+        log("compose.test.yml's redis command = docker-compose.yml's + --bind/--port: ok")
 
     def container(self, service: str) -> str:
         cid = self.compose("ps", "-q", service).stdout.strip()
@@ -612,6 +645,7 @@ def main() -> int:
         tmp = Path(tempfile.mkdtemp(prefix="align-stacktest-"))
         stack = Stack(tmp)
         log(f"ports: {stack.ports}")
+        stack.check_overrides()
         stack.down(volumes=True)  # leftovers of an interrupted run
         try:
             t = time.monotonic()
