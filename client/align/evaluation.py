@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError, NumericalError
+from .errors import InvalidInputError
+from .metrics import validation
 from .results import Result
 
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
@@ -212,44 +213,19 @@ def _has_var_keyword(func: Callable[..., Any]) -> bool:
 
 
 def check_features(features: Features, dataset: Any) -> np.ndarray:
-    """An (n, p) float matrix with one row per stimulus; all-NaN rows mark missing stimuli,
-    any other non-finite value raises NumericalError naming the row."""
+    """An (n, p) real matrix with one row per stimulus of ``dataset``, checked by the one
+    feature rule (:func:`align.metrics.validation.check_features`: all-NaN rows mark
+    missing stimuli, any other non-finite value raises NumericalError naming the row and
+    its stimulus id). Float features keep their dtype; integers become float64."""
     n = len(dataset.stimulus_ids)
-    try:
-        X = np.asarray(features)
-    except Exception as exc:
-        raise InvalidInputError(
-            "features", f"is not array-like ({exc})", "an (n, p) array"
-        ) from None
-    if X.dtype == object or not (
-        np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)
-    ):
-        raise InvalidInputError("features", f"has dtype {X.dtype}", "a numeric (n, p) array")
-    if X.ndim != 2:
-        raise InvalidInputError(
-            "features", f"has shape {X.shape}", f"a 2-d array ({n} rows, one per stimulus)"
-        )
-    if X.shape[0] != n:
-        raise InvalidInputError(
-            "features",
-            f"has {X.shape[0]} rows",
-            f"{n} rows, one per stimulus of {dataset.id!r} in its stimulus order",
-        )
-    if X.shape[1] < 1:
-        raise InvalidInputError("features", "has 0 columns", "at least one feature per row")
-    if not np.issubdtype(X.dtype, np.floating):
-        X = X.astype(np.float64)
-    finite = np.isfinite(X)
-    if not finite.all():
-        missing = np.isnan(X).all(axis=1)
-        bad = ~finite.all(axis=1) & ~missing
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise NumericalError(
-                f"features: row {row} ({dataset.stimulus_ids[row]!r}) has NaN or infinite "
-                f"values; only all-NaN rows (missing stimuli) are allowed "
-                f"({int(bad.sum())} bad rows)"
-            )
+    X, _ = validation.check_features(
+        features,
+        "features",
+        n_rows=n,
+        rows_expected=f"{n} rows, one per stimulus of {dataset.id!r} in its stimulus order",
+        row_names=dataset.stimulus_ids,
+        as_float64=False,
+    )
     return X
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import InvalidInputError, NumericalError
 from ..results import Result
 from .bootstrap import check_bootstrap_options, percentile_interval, resample_indices
+from .validation import check_features
 
 RDM_METRICS = ("cosine", "correlation", "euclidean")
 METHODS = ("spearman", "pearson", "kendall_tau_a")
@@ -113,22 +114,16 @@ class RSAResult(Result):
 # -- RDMs ---------------------------------------------------------------------------------
 
 
-def _as_features(X: Any, name: str = "features") -> np.ndarray:
-    try:
-        arr = np.asarray(X)
-    except Exception as exc:  # pragma: no cover - exotic inputs
-        raise InvalidInputError(
-            name, f"cannot be read as an array ({exc})", "(n, p) numbers"
-        ) from exc
-    if arr.ndim != 2:
-        raise InvalidInputError(name, f"has shape {arr.shape}", "a 2-D (n, p) feature matrix")
-    if arr.shape[1] < 1:
-        raise InvalidInputError(name, "has 0 columns", "at least one feature per row")
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise InvalidInputError(name, f"has dtype {arr.dtype}", "numbers")
-    if not np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float64)
-    return arr
+def _as_features(X: Any, name: str = "features", n_rows: int | None = None) -> np.ndarray:
+    """The one feature rule (:func:`~align.metrics.validation.check_features`; all-NaN
+    rows mark missing stimuli). Float32 stays float32 (cheap RDMs); integers -> float64."""
+    expected = None
+    if n_rows is not None:
+        expected = (
+            f"{n_rows} rows, one per stimulus, in the order of the {n_rows}x{n_rows} matrices"
+        )
+    X, _ = check_features(X, name, n_rows=n_rows, rows_expected=expected, as_float64=False)
+    return X
 
 
 def _check_metric(metric: str) -> str:
@@ -687,14 +682,8 @@ def _prepare(
     """
     kind = _check_kind(matrix_kind)
     human, converted = to_dissimilarity(matrices, kind)
-    features = _as_features(X)
     n = human.shape[1]
-    if features.shape[0] != n:
-        raise InvalidInputError(
-            "features",
-            f"has {features.shape[0]} rows but the matrices are {n}x{n}",
-            f"{n} rows, one per stimulus, in the matrices' order",
-        )
+    features = _as_features(X, n_rows=n)
     missing = np.isnan(features).all(axis=1)
     n_dropped = int(missing.sum())
     keep = None
