@@ -121,10 +121,29 @@ CONTRASTS: tuple[tuple[str, str, str, str], ...] = (
     ("hed/vgg16", "timm/tf_efficientnet_lite1", "everything", "—"),
     ("dlib/face-resnet", "timm/tf_efficientnet_lite1", "everything", "—"),
     ("onnx/open-nsfw-resnet50", "timm/tf_efficientnet_lite1", "everything", "—"),
-    ("glove/6b-50d", "text/all-MiniLM-L6-v2", "objective + data + architecture (text)", "—"),
+    ("glove/6b-50d", "text/all-MiniLM-L6-v2", "everything (text models)", "—"),
 )
 
 _KINDS = ("objective + data", "training", "architecture", "scale", "everything")
+
+
+#: Row groups of the models table, in order (by objective and data).
+GROUPS = (
+    ("ImageNet classification", ("supervised classification",)),
+    ("other supervised tasks", ("supervised NSFW", "edge detection")),
+    ("self-supervised / distilled", ("self-supervised", "distilled")),
+    ("metric learning", ("metric learning",)),
+    ("text", ("contrastive sentence", "word co-occurrence")),
+    ("random init (controls)", ("none",)),
+)
+
+
+def group_of(objective: str) -> tuple[int, str]:
+    """(order, name) of the row group of an objective."""
+    for k, (name, prefixes) in enumerate(GROUPS):
+        if objective.startswith(prefixes):
+            return k, name
+    return len(GROUPS), "other"
 
 
 def _kind(differs: str) -> str:
@@ -303,17 +322,18 @@ def objectives_markdown(table: dict[str, Any]) -> list[str]:
         "correlation, with its leave-one-subject-out / upper noise ceiling.\n"
     )
     L.append(
-        "| model | architecture | weights (M) | objective | training data | "
+        "| group | model | architecture | weights (M) | objective | training data | "
         "THINGS zero-shot [95% CI] | RSA mur92 [95% CI] | mur92 ceiling |"
     )
-    L.append("|---|---|---|---|---|---|---|---|")
-    rows = sorted(table["models"], key=lambda r: (r["objective"], r["architecture"], r["id"]))
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    rows = sorted(table["models"], key=lambda r: (group_of(r["objective"]), r["id"]))
     for r in rows:
         ceil = r.get("rsa_mur92_ceiling")
         ceil_s = f"{fmt(ceil[0])}–{fmt(ceil[1])}" if ceil and ceil[0] is not None else "–"
         params = "–" if r["params_m"] is None else f"{r['params_m']:.1f}"
         L.append(
-            f"| `{r['id']}` | {r['architecture']} | {params} | {r['objective']} | {r['data']} "
+            f"| {group_of(r['objective'])[1]} | `{r['id']}` | {r['architecture']} | {params} "
+            f"| {r['objective']} | {r['data']} "
             f"| {_fmt_ci(r['zero_shot'], r['zero_shot_ci'])} "
             f"| {_fmt_ci(r['rsa_mur92'], r['rsa_mur92_ci'])} | {ceil_s} |"
         )
@@ -370,11 +390,25 @@ def _conclusions(table: dict[str, Any]) -> list[str]:
     obj_k = sum(_count(cs, "objective + data", key)[0] for key in ("zero_shot", "rsa_mur92"))
     arch_k = sum(_count(cs, kind, key)[0] for kind in ("architecture", "scale")
                  for key in ("zero_shot", "rsa_mur92"))  # fmt: skip
+    arch_ci = [
+        c[key]["ci"]
+        for c in cs
+        if c["kind"] in ("architecture", "scale")
+        for key in ("zero_shot",)
+        if key in c and c[key].get("ci")
+    ]
+    bound = max((max(abs(lo), abs(hi)) for lo, hi in arch_ci), default=None)
     L.append(
         "- Reading: "
         + (
             "objective/data contrasts show differences where architecture/scale contrasts "
             "do not, in the direction of the paper's claim"
+            + (
+                f" (the architecture/scale intervals on THINGS exclude differences larger "
+                f"than {bound:.3f}; no difference shown is not no difference)"
+                if bound is not None
+                else ""
+            )
             if obj_k > 0 and arch_k == 0
             else "architecture/scale contrasts show differences too, so these data do not "
             "single out objective and data"
