@@ -379,6 +379,13 @@ def _status_dict(status: Any) -> dict[str, Any]:
     return {k: to_jsonable(getattr(status, k, None)) for k in ("id", "kind", "present", "path")}
 
 
+def _layer_summary(layers: Any, shown: int = 6) -> str:
+    """The first ``shown`` layer names (ONNX graphs list hundreds; --json has them all)."""
+    names = [str(x) for x in layers]
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f", … (+{more}; --json lists all)" if more > 0 else "")
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
 
@@ -407,7 +414,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             str(getattr(s, "family", "")),
             str(getattr(s, "modality", "")),
             str(getattr(weights, "source", "")),
-            ", ".join(str(x) for x in getattr(s, "layers", ())),
+            _layer_summary(getattr(s, "layers", ())),
         )
     Console().print(table)
     return 0
