@@ -191,10 +191,19 @@ def can_run_containers() -> None:
 
 
 # ---------------------------------------------------------------------------- the images
+_TAKEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port, never one this run handed out before (the kernel may give a
+    just-closed port again)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _TAKEN:
+            _TAKEN.add(port)
+            return port
 
 
 def pip_local_indexes() -> tuple[list[Path], Path | None]:
@@ -416,17 +425,46 @@ class Stack:
     def compose(
         self, *args: str, timeout: float = 900, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
+        """docker-compose on the resolved stack file (see :meth:`resolve`)."""
         argv = [
             "docker-compose",
             "-p",
             PROJECT,
+            "--project-directory",
+            str(REPO),
             "-f",
-            "docker-compose.yml",
-            "-f",
-            "deploy/compose.test.yml",
+            str(self.tmp / "compose.yml"),
             *args,
         ]
         return run(argv, env=self.env, timeout=timeout, check=check, quiet=True)
+
+    def resolve(self) -> None:
+        """docker-compose.yml + deploy/compose.test.yml as Compose itself merges them
+        (`docker-compose config`), less the `ports:` lists: with host networking nothing is
+        published, and docker-compose refuses port bindings there (an override file can
+        add list entries but not remove them)."""
+        import yaml
+
+        merged = yaml.safe_load(
+            run(
+                [
+                    "docker-compose",
+                    "-f",
+                    "docker-compose.yml",
+                    "-f",
+                    "deploy/compose.test.yml",
+                    "config",
+                ],
+                env=self.env,
+                quiet=True,
+            ).stdout
+        )
+        for name, service in merged["services"].items():
+            assert service.get("network_mode") == "host" or name not in SERVICES, name
+            service.pop("ports", None)
+        path = self.tmp / "compose.yml"
+        path.write_text(yaml.safe_dump(merged, sort_keys=False))
+        path.chmod(0o600)  # it holds the test's (random) secrets
 
     def check_overrides(self) -> None:
         """compose.test.yml replaces redis's command to add --bind/--port: it must be
@@ -438,7 +476,9 @@ class Stack:
                 ["docker-compose", "-f", "docker-compose.yml", "config"], env=self.env, quiet=True
             ).stdout
         )["services"]["redis"]["command"]
-        test = yaml.safe_load(self.compose("config").stdout)["services"]["redis"]["command"]
+        test = yaml.safe_load((self.tmp / "compose.yml").read_text())["services"]["redis"][
+            "command"
+        ]
         extra = ["--bind", "127.0.0.1", "--port", str(self.ports["REDIS"])]
         if test != prod + extra:
             raise Failed(
@@ -645,6 +685,7 @@ def main() -> int:
         tmp = Path(tempfile.mkdtemp(prefix="align-stacktest-"))
         stack = Stack(tmp)
         log(f"ports: {stack.ports}")
+        stack.resolve()
         stack.check_overrides()
         stack.down(volumes=True)  # leftovers of an interrupted run
         try:

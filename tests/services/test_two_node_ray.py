@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.ports import free_port
+from tests.ports import free_port as _free_port
 from tests.services.serve_fixtures import DATA_DIR, WORKER_ENV, small_config
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -49,6 +49,17 @@ CHUNK = 4  # stimuli per Embed request: 12 requests per run
 STOP_AFTER = 12  # stimuli embedded when the worker node is stopped (mid-run)
 OPTIONS = {"n_bootstrap": 50}
 REPLICA = "TimmEmbedder"
+
+
+_TAKEN: set[int] = set()
+
+
+def free_port() -> int:
+    """A free loopback port not handed out before in this module (two nodes need ~15)."""
+    while (port := _free_port()) in _TAKEN:
+        pass
+    _TAKEN.add(port)
+    return port
 
 
 def session_members(sid: int) -> list[int]:
