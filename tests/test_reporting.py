@@ -47,7 +47,13 @@ def runs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_running_twice_gives_the_same_numbers(runs: dict) -> None:
     again = json.loads((runs["html"].parent / "results.json").read_text())
-    assert numbers_only(again) == numbers_only(json.loads(json.dumps(runs["data"])))
+    first = json.loads(json.dumps(runs["data"]))
+    # the HTML report stores the per-source numbers; reproduce adds the run-level
+    # sections (objective contrasts, ceiling, claims) on top
+    assert {"provenance", "results"} <= set(again) <= set(first)
+    assert numbers_only(again) == numbers_only({k: first[k] for k in again})
+    stored = json.loads((runs["root"] / "docs" / "figures" / "results.json").read_text())
+    assert numbers_only(stored) == numbers_only(first)
     assert (runs["root"] / "docs" / "results.md").read_text().startswith("# Results")
 
 
@@ -188,3 +194,163 @@ def test_cli_report_names_a_bad_model(tmp_path, capsys) -> None:
     assert code == 2
     err = capsys.readouterr().err
     assert "no_such_arch_xyz" in err
+
+
+# -- the claims table (issue 11): every status follows from the stored numbers -------------
+
+
+def _claims_in_markdown(text: str) -> list[tuple[str, str]]:
+    head = "## The paper's claims, decided by the intervals"
+    assert head in text
+    section = text.split(head, 1)[1].split("\n## ", 1)[0]
+    rows = [r for r in section.splitlines() if r.startswith("| ") and "**" in r]
+    out = []
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split(" | ")]
+        out.append((cells[1], cells[2].strip("*")))
+    return out
+
+
+def test_claims_table_statuses_follow_from_the_stored_numbers(runs: dict) -> None:
+    from align.reporting.claims import STATUSES, decide_claims
+
+    stored = json.loads((runs["root"] / "docs" / "figures" / "results.json").read_text())
+    again = decide_claims(stored["results"], stored.get("objectives"), stored.get("ceiling"))
+    assert [(r["claim"], r["status"]) for r in again] == [
+        (r["claim"], r["status"]) for r in stored["claims"]
+    ]
+    table = _claims_in_markdown((runs["root"] / "docs" / "results.md").read_text())
+    assert [s for _, s in table] == [r["status"] for r in again]
+    assert all(s in STATUSES for _, s in table)
+    by_claim = {r["claim"]: r for r in again}
+    ceiling = next(r for c, r in by_claim.items() if c.startswith("The human noise ceiling"))
+    lo, hi = stored["ceiling"]["ci"]
+    assert ceiling["status"] == ("supported" if lo <= 0.673 <= hi else "contradicted")
+    # no CLIP-like model in this run
+    assert next(r for c, r in by_claim.items() if "CLIP" in c)["status"] == "not testable"
+
+
+def _contrast(kind: str, zs: tuple[float, float] | None, rsa: tuple[float, float] | None) -> dict:
+    c: dict = {"a": "m1", "b": "m2", "kind": kind}
+    if zs is not None:
+        c["zero_shot"] = {"delta": sum(zs) / 2, "ci": list(zs)}
+    if rsa is not None:
+        c["rsa_mur92"] = {"delta": sum(rsa) / 2, "ci": list(rsa)}
+    return c
+
+
+@pytest.mark.parametrize(
+    ("contrasts", "expected"),
+    [
+        (
+            [
+                _contrast("objective + data", (0.02, 0.05), None),
+                _contrast("scale", (-0.01, 0.01), None),
+            ],
+            "supported",
+        ),
+        (
+            [
+                _contrast("objective + data", (-0.01, 0.02), None),
+                _contrast("architecture", (0.01, 0.03), None),
+            ],
+            "contradicted",
+        ),
+        (
+            [
+                _contrast("objective + data", (0.01, 0.05), None),
+                _contrast("scale", (0.01, 0.02), None),
+            ],
+            "inconclusive",
+        ),
+        (
+            [
+                _contrast("objective + data", (-0.01, 0.02), None),
+                _contrast("scale", (-0.02, 0.01), None),
+            ],
+            "inconclusive",
+        ),
+        ([_contrast("objective + data", (0.02, 0.05), None)], "not testable"),
+    ],
+)
+def test_objective_claim_rule(contrasts: list, expected: str) -> None:
+    from align.reporting.claims import claim_objective_over_architecture
+
+    assert claim_objective_over_architecture({"contrasts": contrasts})["status"] == expected
+
+
+@pytest.mark.parametrize(
+    ("contrasts", "expected"),
+    [
+        ([_contrast("everything", (0.02, 0.05), (0.01, 0.2))], "supported"),
+        ([_contrast("everything", (0.02, 0.05), (-0.2, -0.01))], "contradicted"),
+        ([_contrast("everything", (-0.02, 0.05), (0.01, 0.2))], "inconclusive"),
+        ([_contrast("everything", (0.02, 0.05), None)], "not testable"),
+    ],
+)
+def test_across_datasets_claim_rule(contrasts: list, expected: str) -> None:
+    from align.reporting.claims import claim_across_datasets
+
+    assert claim_across_datasets({"contrasts": contrasts})["status"] == expected
+
+
+def _net(label: str, lift_ci: tuple[float, float], delta_ci: tuple[float, float]) -> dict:
+    return {
+        "source": {"id": label, "label": label, "kind": "network", "control": False},
+        "things": {
+            "zero_shot": {"accuracy": 0.45, "ci": [0.43, 0.47]},
+            "probes": {"human": {"lift": {"value": sum(lift_ci) / 2, "ci": list(lift_ci)}}},
+        },
+        "rsa": {
+            "mur92": {
+                "transfer": {"human": {"delta": sum(delta_ci) / 2, "delta_ci": list(delta_ci)}}
+            }
+        },
+    }
+
+
+def test_probe_and_transfer_rules_need_most_resolved_and_none_against() -> None:
+    from align.reporting.claims import claim_probe_lift, claim_transfer
+
+    up = [_net("a", (0.01, 0.05), (0.01, 0.1)), _net("b", (0.02, 0.06), (0.02, 0.2))]
+    assert claim_probe_lift(up)["status"] == "supported"
+    assert claim_transfer(up)["status"] == "supported"
+    mixed = [*up, _net("c", (-0.05, -0.01), (-0.1, -0.01))]
+    assert claim_probe_lift(mixed)["status"] == "inconclusive"
+    down = [_net("a", (-0.05, -0.01), (-0.1, -0.02)), _net("b", (-0.04, 0.01), (-0.3, -0.1))]
+    assert claim_probe_lift(down)["status"] == "inconclusive"  # one of two resolved
+    assert claim_transfer(down)["status"] == "contradicted"
+    assert claim_probe_lift([])["status"] == "not testable"
+
+
+def test_concept_rule_compares_intervals_of_named_dimensions() -> None:
+    from align.reporting.claims import claim_concepts
+
+    def dim(k: int, name: str, ci: tuple[float, float]) -> dict:
+        return {
+            "dimension": k,
+            "name": name,
+            "match_r": 0.8,
+            "accuracy": sum(ci) / 2,
+            "ci": list(ci),
+            "n_distinct": 20,
+            "reference_accuracy": 0.6,
+        }
+
+    def best(dims: list) -> dict:
+        return {"source": {"label": "net"}, "things": {"concepts": dims}}
+
+    well = [dim(0, "food-related", (0.6, 0.7)), dim(1, "animal-related", (0.55, 0.65))]
+    assert (
+        claim_concepts(best([*well, dim(2, "sports-/playing-related", (0.3, 0.5))]))["status"]
+        == "supported"
+    )
+    assert (
+        claim_concepts(best([*well, dim(2, "sports-/playing-related", (0.5, 0.6))]))["status"]
+        == "inconclusive"
+    )
+    assert (
+        claim_concepts(best([*well, dim(2, "sports-/playing-related", (0.75, 0.9))]))["status"]
+        == "contradicted"
+    )
+    assert claim_concepts(best(well))["status"] == "not testable"

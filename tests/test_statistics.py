@@ -189,3 +189,101 @@ def test_zero_shot_interval_is_the_cluster_bootstrap() -> None:
     assert r.accuracy == pytest.approx(est.value, abs=1e-15)
     assert r.ci == pytest.approx(est.ci, abs=1e-12)
     assert r.bootstrap_unit == "distinct triplet"
+
+
+# --------------------------------------------------------------------------- probe lift
+
+
+def _simulate_responses(
+    E: np.ndarray, n_distinct: int, per_triplet: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Responses from SPoSE's choice model on ``E``: ``n_distinct`` triplets over distinct
+    objects, each answered ``per_triplet`` times (odd one out ~ softmax of dot products).
+    Stored convention: column 2 is the odd one out."""
+    n = E.shape[0]
+    picks = np.stack([rng.choice(n, size=3, replace=False) for _ in range(n_distinct)])
+    picks = np.repeat(picks, per_triplet, axis=0)
+    a, b, c = E[picks[:, 0]], E[picks[:, 1]], E[picks[:, 2]]
+    S = np.stack([(a * b).sum(1), (a * c).sum(1), (b * c).sum(1)], axis=1)
+    P = np.exp(S - S.max(axis=1, keepdims=True))
+    P /= P.sum(axis=1, keepdims=True)
+    pair = (rng.random(len(S))[:, None] > np.cumsum(P, axis=1)).sum(axis=1).clip(0, 2)
+    order = np.array([[0, 1, 2], [0, 2, 1], [1, 2, 0]])[pair]
+    return np.take_along_axis(picks, order, axis=1)
+
+
+def test_paired_lift_interval_covers_a_zero_true_lift_at_the_nominal_rate() -> None:
+    # Two predictors with the same true accuracy, correlated within a distinct triplet
+    # (a triplet's difficulty is shared by its responses and by both predictors): the
+    # paired cluster interval must cover 0 about 95% of the time; an interval that
+    # resamples responses (ignoring the clusters) covers far less often.
+    covered_cluster = covered_flat = 0
+    reps = 200
+    for seed in range(reps):
+        rng = np.random.default_rng(seed)
+        n_groups, size = 90, 20  # like the ~90 distinct held-out THINGS triplets
+        difficulty = rng.beta(2, 2, size=n_groups)
+        groups = np.repeat(np.arange(n_groups), size)
+        shift = rng.normal(0, 0.15, size=n_groups)  # triplet-level disagreement
+        pa = np.clip(difficulty + shift, 0, 1)[groups]
+        pb = np.clip(difficulty - shift, 0, 1)[groups]  # same mean as pa in distribution
+        a = (rng.random(groups.size) < pa).astype(float)
+        b = (rng.random(groups.size) < pb).astype(float)
+        ci = paired_cluster_difference(a, b, groups, n_bootstrap=300, seed=seed).ci_difference
+        flat = paired_cluster_difference(a, b, None, n_bootstrap=300, seed=seed).ci_difference
+        assert ci is not None and flat is not None
+        covered_cluster += ci[0] <= 0.0 <= ci[1]
+        covered_flat += flat[0] <= 0.0 <= flat[1]
+    assert 0.89 <= covered_cluster / reps <= 0.99
+    assert covered_flat / reps < 0.8
+
+
+def _fit_probe(X: np.ndarray, T: np.ndarray, seed: int) -> object:
+    pytest.importorskip("torch", reason="the probe needs torch")
+    from align.metrics.probe import cross_validate_probe
+
+    return cross_validate_probe(
+        X,
+        T,
+        lambdas=(10.0, 1.0, 0.1, 0.01),
+        k=3,
+        seed=seed,
+        reg_kind="identity",
+        init="identity",
+        max_iter=60,
+        n_bootstrap=300,
+    )
+
+
+def test_probe_lift_is_zero_when_the_features_are_the_truth() -> None:
+    # Responses simulated from the features themselves: the switched-off probe (W = I)
+    # already is the true model, so the true lift is 0 (a transform can only lose).
+    for seed in range(3):
+        rng = np.random.default_rng(100 + seed)
+        E = rng.normal(size=(60, 4)) * 1.5
+        T = _simulate_responses(E, 400, 6, rng)
+        res = _fit_probe(E, T, seed)
+        lift = res.lift
+        assert lift is not None and lift["ci"] is not None
+        assert lift["ci"][0] <= 0.0 <= lift["ci"][1]
+        assert lift["value"] == pytest.approx(res.accuracy - res.baseline["accuracy"])
+        assert res.n_heldout_distinct < res.n_heldout  # responses cluster on triplets
+        assert res.ci is not None and res.ci[0] <= res.accuracy <= res.ci[1]
+
+
+def test_probe_lift_interval_excludes_zero_for_a_planted_transform() -> None:
+    # The features are the truth seen through a distorting linear map: the probe can
+    # undo it and the switched-off baseline cannot, so the lift is real and positive.
+    rng = np.random.default_rng(7)
+    E = rng.normal(size=(60, 4)) * 1.5
+    T = _simulate_responses(E, 400, 6, rng)
+    distort = np.diag([4.0, 1.0, 0.25, 0.1]) @ np.linalg.qr(rng.normal(size=(4, 4)))[0]
+    X = E @ distort
+    res = _fit_probe(X, T, 0)
+    assert res.lift is not None and res.lift["ci"] is not None
+    assert res.lift["value"] > 0.03
+    assert res.lift["ci"][0] > 0.0
+    d = res.to_dict()  # the JSON contract of `align score ... --probe --json`
+    assert set(d["baseline"]) >= {"accuracy", "ci"} and set(d["lift"]) >= {"value", "ci"}
+    assert d["lift"]["value"] == pytest.approx(d["accuracy"] - d["baseline"]["accuracy"])
+    assert len(d["ci"]) == 2

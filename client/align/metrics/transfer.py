@@ -291,4 +291,4 @@ def triplets_without(triplets: Any, objects: Any) -> np.ndarray:
     excluded = np.asarray(objects, dtype=np.int64)
     if excluded.size == 0:
         return np.ones(T.shape[0], dtype=bool)
-    return ~np.isin(T, excluded).any(axis=1)
+    return np.asarray(~np.isin(T, excluded).any(axis=1), dtype=bool)

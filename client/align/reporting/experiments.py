@@ -44,6 +44,9 @@ class ReportConfig:
     glocal_alpha: float = 0.1
     glocal_temperature: float = 0.1
     knn_k: int = 10
+    #: also the paper's full-rank (p x p) probe on human triplets for trained networks
+    #: (off by default: minutes per network on 2 cores)
+    full_rank: bool = False
     layers: tuple[str, ...] | None = None
     datasets: tuple[str, ...] = ("things", *RDM_DATASETS, "wordsim")
     peterson_images: str | None = None
@@ -74,6 +77,8 @@ class Context:
     concept_names: list[str]
     data_dir: str | Path | None = None
     digests: dict[str, str] = field(default_factory=dict)
+    #: VICE dimensions named from data (best-matching labelled SPoSE dimension, with r)
+    dimension_names: list[dict[str, Any]] | None = None
 
 
 def load_context(cfg: ReportConfig, data_dir: str | Path | None = None) -> Context:
@@ -119,6 +124,15 @@ def load_context(cfg: ReportConfig, data_dir: str | Path | None = None) -> Conte
         spose = None
     things = datasets["things"]
     names = list(things.words or things.stimulus_ids)
+    dimension_names = None
+    if vice is not None and spose is not None:
+        from ..datasets.base import resolve_data_dir
+        from ..datasets.things import load_spose_labels
+        from ..metrics.concepts import name_dimensions
+
+        root, _ = resolve_data_dir(data_dir)
+        spose_labels = load_spose_labels(root)
+        dimension_names = [n.to_dict() for n in name_dimensions(vice, spose, spose_labels)]
     return Context(
         datasets,
         unavailable,
@@ -127,21 +141,43 @@ def load_context(cfg: ReportConfig, data_dir: str | Path | None = None) -> Conte
         names,
         data_dir,
         {k: str(v.digest) for k, v in datasets.items()},
+        dimension_names,
     )
 
 
-def concept_labels(vice: np.ndarray, names: list[str], top: int = 3) -> list[str]:
-    """A name per VICE dimension from its ``top`` highest-loading THINGS objects (the
-    shipped VICE file has no dimension labels)."""
+def concept_labels(
+    vice: np.ndarray, names: list[str], top: int = 3, named: list[dict[str, Any]] | None = None
+) -> list[str]:
+    """A name per VICE dimension. With ``named`` (``Context.dimension_names``): the
+    best-matching labelled SPoSE dimension and the match strength, then the top objects
+    for orientation; else just the ``top`` highest-loading THINGS objects (the shipped
+    VICE file has no dimension labels)."""
     out = []
     for k in range(vice.shape[1]):
         order = np.argsort(-vice[:, k], kind="stable")[:top]
-        out.append(f"{k}: " + ", ".join(names[i] for i in order))
+        objects = ", ".join(names[i] for i in order)
+        if named is not None:
+            n = named[k]
+            out.append(f"{k}: {n['label']} (r={n['match_r']:.2f}; {objects})")
+        else:
+            out.append(f"{k}: {objects}")
     return out
 
 
 def _acc_entry(d: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "ci", "chance", "ceiling", "normalized", "n_triplets", "n_dropped")
+    keys = (
+        "accuracy",
+        "ci",
+        "chance",
+        "ceiling",
+        "normalized",
+        "ceiling_loo",
+        "normalized_loo",
+        "n_triplets",
+        "n_distinct",
+        "n_dropped",
+        "bootstrap_unit",
+    )
     return {k: d.get(k) for k in keys}
 
 
@@ -150,10 +186,11 @@ def run_source(source: Source, ctx: Context, cfg: ReportConfig) -> tuple[dict[st
     import torch
 
     from ..evaluation import evaluate
-    from ..metrics.bootstrap import bootstrap_mean_ci
+    from ..metrics.bootstrap import distinct_triplet_groups, paired_cluster_difference
     from ..metrics.concepts import per_concept_accuracy
     from ..metrics.glocal import knn_overlap
-    from ..metrics.transfer import apply_transform, transfer_rsa
+    from ..metrics.probe import cross_validate_probe
+    from ..metrics.transfer import apply_transform, target_objects, transfer_rsa
 
     torch.set_num_threads(max(1, cfg.n_threads))
     t_start = time.perf_counter()
@@ -174,14 +211,31 @@ def run_source(source: Source, ctx: Context, cfg: ReportConfig) -> tuple[dict[st
         d = evaluate(feats[layer], things, ["odd_one_out"], **boot)["odd_one_out"].to_dict()
         out["things"]["layers"][layer] = {**_acc_entry(d), "dim": int(feats[layer].shape[1])}
     del feats
-    labels = concept_labels(ctx.vice, ctx.concept_names) if ctx.vice is not None else None
+    labels = (
+        concept_labels(ctx.vice, ctx.concept_names, named=ctx.dimension_names)
+        if ctx.vice is not None
+        else None
+    )
     if ctx.vice is not None:
-        conc: Any = evaluate(X, things, ["concepts"], vice=ctx.vice)["concepts"]
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # missing stimuli: counted in n_dropped
+            conc = per_concept_accuracy(
+                X, T, ctx.vice, labels, reference=ctx.spose, reference_similarity="dot", **boot
+            )
         out["things"]["concepts"] = [
-            {**c.to_dict(), "label": labels[c.dimension] if labels else c.label}
+            {
+                **c.to_dict(),
+                "name": ctx.dimension_names[c.dimension]["label"] if ctx.dimension_names else None,
+                "match_r": (
+                    ctx.dimension_names[c.dimension]["match_r"] if ctx.dimension_names else None
+                ),
+            }
             for c in conc.concepts
         ]
     transforms: dict[str, Any] = {}
+    refits: dict[str, tuple[float, bool, bool]] = {}
     if cfg.probes and source.kind in ("network", "text", "features"):
         basis = fit_pca(X, cfg.rank)
         Z = basis.project(X)
@@ -211,17 +265,22 @@ def run_source(source: Source, ctx: Context, cfg: ReportConfig) -> tuple[dict[st
                 alpha=cfg.glocal_alpha if glocal else 0.0,
                 temperature=cfg.glocal_temperature,
                 n_threads=cfg.n_threads,
+                n_bootstrap=cfg.n_bootstrap,
             )
             chosen[key] = res.lambda_
             res.transform = compose_lowrank(basis, res.probe)
             E = apply_transform(X, res.transform)
             res.knn_overlap = knn_overlap(X[present], E[present], cfg.knn_k)
             d = res.to_dict()
-            d["ci"] = bootstrap_mean_ci(res.correct.astype(float), **boot)
-            d["zero_shot_same_responses"] = float(zs_correct[res.test_index].mean())
-            d["zero_shot_same_responses_ci"] = bootstrap_mean_ci(
-                zs_correct[res.test_index].astype(float), **boot
-            )
+            d["rank_label"] = f"low-rank (first {basis.rank} principal components)"
+            # zero-shot cosine on the raw features, same responses: a paired comparison
+            # too, but across pipelines (the lift is against the baseline above)
+            zs_same = zs_correct[res.test_index].astype(float)
+            groups = distinct_triplet_groups(T[res.test_index])
+            vs = paired_cluster_difference(res.correct.astype(float), zs_same, groups, **boot)
+            d["zero_shot_same_responses"] = vs.b
+            d["zero_shot_same_responses_ci"] = vs.ci_b
+            d["vs_zero_shot"] = {"value": vs.difference, "ci": vs.ci_difference, "paired": True}
             d["wall_time_s"] = round(time.perf_counter() - t0, 2)
             if ctx.vice is not None:
                 pc = per_concept_accuracy(
@@ -230,10 +289,28 @@ def run_source(source: Source, ctx: Context, cfg: ReportConfig) -> tuple[dict[st
                     ctx.vice,
                     labels,
                     probed=res.correct,
+                    **boot,
                 )
                 d["concepts"] = [c.to_dict() for c in pc.concepts]
             probes[key] = d
             transforms[key] = res.transform
+            refits[key] = (res.lambda_, simulated, glocal)
+        if cfg.full_rank and source.kind == "network" and not source.control:
+            t0 = time.perf_counter()
+            full = cross_validate_probe(
+                X,
+                T,
+                lambdas=cfg.lambdas,
+                k=cfg.folds,
+                seed=cfg.seed,
+                n_bootstrap=cfg.n_bootstrap,
+                n_threads=cfg.n_threads,
+            )
+            fd = full.to_dict()
+            fd["label"] = "probe, human triplets, full-rank (paper)"
+            fd["rank_label"] = f"full-rank (paper): {X.shape[1]} x {X.shape[1]}"
+            fd["wall_time_s"] = round(time.perf_counter() - t0, 2)
+            probes["human_fullrank"] = fd
         out["things"]["probes"] = probes
         out["things"]["knn_k"] = cfg.knn_k
         arrays["transforms"] = transforms
@@ -258,7 +335,20 @@ def run_source(source: Source, ctx: Context, cfg: ReportConfig) -> tuple[dict[st
             ("/euclidean", False, "euclidean"),
             ("/l2/euclidean", True, "euclidean"),
         )
-        for key, tr in transforms.items():
+        # A target over THINGS objects (things48): the transform is refitted without
+        # them (PCA basis and probe never see those objects' rows or triplets).
+        excluded = target_objects(ds.stimulus_ids, things.stimulus_ids)
+        target_transforms = transforms
+        if excluded.size and transforms:
+            target_transforms = {
+                key: fit_transform_excluding(X, T, excluded, *refits[key], ctx, cfg)
+                for key in transforms
+            }
+            entry["transfer_fit"] = {
+                "excluded_objects": int(excluded.size),
+                "note": "transform refitted without the target's THINGS objects",
+            }
+        for key, tr in target_transforms.items():
             for suffix, normalize, metric in variants:
                 res_t = transfer_rsa(
                     Xd,
@@ -274,9 +364,14 @@ def run_source(source: Source, ctx: Context, cfg: ReportConfig) -> tuple[dict[st
                     "normalize": normalize,
                     "rdm_metric": metric,
                     "before": res_t.before.score,
+                    "before_ci": to_jsonable(res_t.before.ci),
                     "after": res_t.after.score,
                     "after_ci": to_jsonable(res_t.after.ci),
                     "delta": res_t.delta,
+                    "delta_ci": to_jsonable(res_t.delta_ci),
+                    "scale": res_t.after.scale,
+                    "before_rows": "L2-normalised" if normalize else "raw",
+                    "excluded_objects": int(excluded.size),
                     "transform_digest": res_t.transform_digest,
                 }
         out["rsa"][name] = entry
@@ -300,6 +395,48 @@ def run_source(source: Source, ctx: Context, cfg: ReportConfig) -> tuple[dict[st
     out["library_version"] = __version__
     out["metric_code_version"] = METRIC_CODE_VERSION
     return out, arrays
+
+
+def fit_transform_excluding(
+    X: np.ndarray,
+    T: np.ndarray,
+    excluded: np.ndarray,
+    lambda_: float,
+    simulated: bool,
+    glocal: bool,
+    ctx: Context,
+    cfg: ReportConfig,
+) -> Any:
+    """The report's low-rank probe refitted at ``lambda_`` WITHOUT the ``excluded``
+    THINGS objects: their feature rows are set missing before the PCA basis and the probe
+    see anything, no training triplet touches them (real triplets over them are dropped;
+    simulated ones are drawn over the other objects), and gLocal's unlabeled rows leave
+    them out. The composed transform then applies to every row, the target's included."""
+    from ..metrics.glocal import GLocalProbe
+    from ..metrics.probe import TripletProbe
+    from ..metrics.transfer import triplets_without
+    from .probing import PROBE_FIT, simulate_triplets
+
+    X_fit = np.array(X, dtype=np.float64, copy=True)
+    X_fit[excluded] = np.nan
+    basis = fit_pca(X_fit, cfg.rank)
+    Z = basis.project(X_fit)
+    present = ~np.isnan(Z).all(axis=1)
+    objects = np.flatnonzero(present)
+    if simulated:
+        if ctx.spose is None:
+            raise DataMissingError("simulated supervision needs the SPoSE embedding")
+        trip = simulate_triplets(ctx.spose, objects, cfg.n_simulated, cfg.seed + cfg.folds)
+    else:
+        trip = T[triplets_without(T, np.flatnonzero(~present))]
+    common = {"reg": lambda_, "seed": cfg.seed, "n_threads": cfg.n_threads, **PROBE_FIT}
+    if glocal:
+        probe: Any = GLocalProbe(
+            alpha=cfg.glocal_alpha, temperature=cfg.glocal_temperature, **common
+        ).fit(Z, trip, X_local=Z[objects])
+    else:
+        probe = TripletProbe(**common).fit(Z, trip)
+    return compose_lowrank(basis, probe)
 
 
 def _zero_shot_pred(X: np.ndarray, T: np.ndarray) -> np.ndarray:

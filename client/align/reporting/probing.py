@@ -140,6 +140,8 @@ class HeldOutProbe:
     probe: Any = field(default=None, repr=False)  # refit on all objects, on Z
     transform: LinearTransform | None = field(default=None, repr=False)  # set by the caller
     knn_overlap: float | None = None
+    baseline_correct: np.ndarray | None = field(default=None, repr=False)  # (t,) W = I
+    statistics: dict[str, Any] = field(default_factory=dict)  # metrics.probe.heldout_statistics
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,6 +156,7 @@ class HeldOutProbe:
             "options": self.options,
             "knn_overlap": self.knn_overlap,
             "transform_digest": None if self.transform is None else self.transform.digest,
+            **self.statistics,
         }
 
 
@@ -171,6 +174,7 @@ def heldout_probe(
     temperature: float = 0.1,
     n_threads: int | None = 1,
     local_batch_size: int = 256,
+    n_bootstrap: int = 1000,
 ) -> HeldOutProbe:
     """Object-fold probe on ``Z`` (n, r) scored on the real held-out ``triplets``.
 
@@ -178,10 +182,13 @@ def heldout_probe(
     ``n_simulated`` triplets simulated from that embedding over the training objects.
     ``alpha > 0`` fits a :class:`~align.metrics.glocal.GLocalProbe` whose unlabeled set
     is the training objects' rows of ``Z``. The final probe (``probe``, on ``Z``) is
-    refit on all objects at the chosen lambda.
+    refit on all objects at the chosen lambda. ``accuracy`` pools the held-out responses
+    of all folds; ``statistics`` holds its distinct-triplet interval, the switched-off
+    baseline (W = I on the same Z, same standardisation) and the paired lift.
     """
     from ..metrics.glocal import GLocalProbe
     from ..metrics.probe import ObjectKFold, TripletProbe, cross_validate
+    from ..metrics.probe.cv import heldout_statistics
 
     missing = np.isnan(Z).all(axis=1)
     estimator = (
@@ -212,6 +219,9 @@ def heldout_probe(
     search = cross_validate(
         estimator, Z, triplets, lambdas=lambdas, cv=ObjectKFold(k, seed), training_set=training_set
     )
+    # one estimator: pooled held-out responses, distinct-triplet intervals; the baseline
+    # is the same pipeline with the transform switched off, the lift a paired interval
+    stats = heldout_statistics(search, n_bootstrap=n_bootstrap, seed=seed)
     acc, ce, best = search.accuracy, search.cross_entropy, search.best
     mean_ce = search.mean_cross_entropy
     splits = search.splits
@@ -231,7 +241,7 @@ def heldout_probe(
         options.update({"glocal_alpha": alpha, "glocal_temperature": temperature})
     return HeldOutProbe(
         label=label,
-        accuracy=float(acc[best].mean()),
+        accuracy=float(stats["accuracy"]),
         cross_entropy=float(mean_ce[best]),
         lambda_=float(lambdas[best]),
         rank=int(Z.shape[1]),
@@ -254,6 +264,8 @@ def heldout_probe(
         test_index=trip_index(triplets, missing, test_index),
         correct=correct,
         probe=search.estimator,
+        baseline_correct=np.concatenate(search.baseline),
+        statistics={**stats, "fold_mean_accuracy": float(acc[best].mean())},
     )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from ...errors import InvalidInputError
 from ...results import Result, to_jsonable
+from ..bootstrap import check_bootstrap_options, distinct_triplet_groups, paired_cluster_difference
 from ..splits import ObjectKFold
 from ..validation import check_bool, check_features, check_scalar, check_triplets
 from .estimator import TripletProbe, clone
@@ -37,6 +38,8 @@ __all__ = [
     "TrainingSet",
     "cross_validate",
     "cross_validate_probe",
+    "heldout_statistics",
+    "identity_probe",
 ]
 
 LAMBDA_GRID: tuple[float, ...] = (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
@@ -59,7 +62,9 @@ class LambdaSearch:
     fold ``i`` at lambda ``j``; ``splits``: per fold (train, test) row indices into
     ``triplets`` (the triplets kept: those over present stimuli); ``n_train``: the
     triplets each fold's estimator was fitted on; ``best``: index of the chosen lambda;
-    ``estimator``: refit on all objects at the chosen lambda (None without ``refit``).
+    ``estimator``: refit on all objects at the chosen lambda (None without ``refit``);
+    ``baseline[i]``: (t_i,) bool, right or wrong per held-out triplet of fold ``i`` for
+    the transform switched off (:func:`identity_probe`: same space, same centring).
     """
 
     lambdas: list[float]
@@ -73,6 +78,7 @@ class LambdaSearch:
     n_dropped: int
     best: int
     estimator: TripletProbe | None
+    baseline: list[np.ndarray] = dataclasses.field(default_factory=list)
 
     @property
     def lambda_(self) -> float:
@@ -81,6 +87,25 @@ class LambdaSearch:
     @property
     def mean_cross_entropy(self) -> np.ndarray:
         return np.asarray(self.cross_entropy.mean(axis=1))
+
+
+def identity_probe(estimator: TripletProbe, X: object) -> TripletProbe:
+    """The probe with its transform switched off: a clone of ``estimator`` with
+    ``W = I`` and no bias, standardised with the same global scalar mean/std as a fit on
+    ``X`` and scored with the same similarity (dot, or cosine when ``normalize``). The
+    baseline every probe lift is measured against: the same pipeline on the same
+    held-out triplets, only the learned transform removed (the lambda -> infinity limit
+    of the identity-regularised probe; for a probe pulled toward 0, it is the identity
+    the probe would have to learn back)."""
+    Xa, missing = check_features(X, "X")
+    present = Xa[~missing]
+    est = clone(estimator)
+    est.mean_, est.std_ = float(present.mean()), float(present.std())
+    p = Xa.shape[1]
+    est.n_features_in_ = p
+    est.weights_, est.bias_ = np.eye(p), None
+    est.n_iter_ = 0
+    return est
 
 
 def check_lambdas(lambdas: object) -> list[float]:
@@ -177,6 +202,8 @@ def cross_validate(
             correct[j][i] = hit
             acc[j, i] = float(np.mean(hit))
             iters[j, i] = est.n_iter_
+    off = identity_probe(estimator, Xa)
+    baseline = [off.predict(Xa, trip[test]) == 2 for _train, test in splits]
     best = int(np.argmin(ce.mean(axis=1)))  # first minimum = larger lambda on ties
     final: TripletProbe | None = None
     if refit:
@@ -197,12 +224,21 @@ def cross_validate(
         n_dropped=n_dropped,
         best=best,
         estimator=final,
+        baseline=baseline,
     )
 
 
 @dataclasses.dataclass
 class ProbeResult(Result):
     """Cross-validated probe: held-out accuracy and cross-entropy at the chosen lambda.
+
+    ``accuracy`` pools the held-out responses of all folds (mean over responses) and
+    ``ci`` resamples their distinct triplets (one estimator for both; the mean of the
+    fold accuracies is ``fold_mean_accuracy``). ``baseline`` is the same pipeline with
+    the transform switched off (:func:`identity_probe`) on the same responses:
+    ``{"accuracy", "ci"}``; ``lift`` = ``{"value": accuracy - baseline accuracy, "ci":
+    paired cluster-bootstrap interval}``. ``n_heldout`` / ``n_heldout_distinct``: held-out
+    responses and distinct triplets. ``rank`` says which probe this is.
 
     ``cv`` lists every lambda with its mean held-out cross-entropy and accuracy; ``folds``
     the per-fold numbers at the chosen lambda. ``probe`` is the transform refit on all
@@ -223,6 +259,17 @@ class ProbeResult(Result):
     chance: float = 1.0 / 3.0
     selection: str = "lowest mean held-out cross-entropy"
     probe: TripletProbe | None = dataclasses.field(default=None, repr=False, compare=False)
+    ci: tuple[float, float] | None = None
+    baseline: dict[str, Any] | None = None
+    lift: dict[str, Any] | None = None
+    n_heldout: int = 0
+    n_heldout_distinct: int = 0
+    fold_mean_accuracy: float | None = None
+    rank: str = "full-rank (paper): p x p transform"
+    estimator: str = (
+        "held-out responses of all folds pooled: accuracy = mean over responses, "
+        "intervals resample distinct triplets"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -250,6 +297,8 @@ def cross_validate_probe(
     seed: int = 0,
     refit: bool = True,
     warm_start: bool = False,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
     **probe_params: Any,
 ) -> ProbeResult:
     """Object-disjoint k-fold probe evaluation with lambda chosen by held-out cross-entropy.
@@ -271,6 +320,7 @@ def cross_validate_probe(
     """
     k = int(check_scalar(k, "k", integer=True, minimum=2))
     seed = int(check_scalar(seed, "seed", integer=True, minimum=0))
+    check_bootstrap_options(n_bootstrap, confidence, seed)
     for bad_key in ("reg", "seed"):
         if bad_key in probe_params:
             raise InvalidInputError(
@@ -322,8 +372,9 @@ def cross_validate_probe(
     options = {k_: v for k_, v in params.items() if k_ not in ("reg", "n_threads", "seed")}
     options["similarity"] = "cosine" if opts.normalize else "dot"
     options["lambdas"] = search.lambdas
+    stats = heldout_statistics(search, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     return ProbeResult(
-        accuracy=float(acc[best].mean()),
+        accuracy=stats["accuracy"],
         cross_entropy=float(mean_ce[best]),
         lambda_=search.lambda_,
         folds=folds,
@@ -334,4 +385,41 @@ def cross_validate_probe(
         n_dropped=search.n_dropped,
         options=options,
         probe=search.estimator,
+        ci=stats["ci"],
+        baseline=stats["baseline"],
+        lift=stats["lift"],
+        n_heldout=stats["n_heldout"],
+        n_heldout_distinct=stats["n_heldout_distinct"],
+        fold_mean_accuracy=float(acc[best].mean()),
     )
+
+
+def heldout_statistics(
+    search: LambdaSearch,
+    *,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Pooled held-out accuracy of the chosen lambda, the switched-off baseline on the
+    same responses and the lift, every interval from the same distinct-triplet
+    resamples (:func:`~align.metrics.bootstrap.paired_cluster_difference`)."""
+    test = np.concatenate([t for _train, t in search.splits])
+    probe_hit = np.concatenate(search.correct[search.best]).astype(np.float64)
+    base_hit = np.concatenate(search.baseline).astype(np.float64)
+    groups = distinct_triplet_groups(search.triplets[test])
+    paired = paired_cluster_difference(
+        probe_hit, base_hit, groups, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
+    )
+    return {
+        "accuracy": paired.a,
+        "ci": paired.ci_a,
+        "baseline": {
+            "accuracy": paired.b,
+            "ci": paired.ci_b,
+            "definition": "transform switched off: W = I, same mean/std and similarity",
+        },
+        "lift": {"value": paired.difference, "ci": paired.ci_difference, "paired": True},
+        "n_heldout": int(test.size),
+        "n_heldout_distinct": paired.n_units,
+    }
