@@ -59,7 +59,7 @@ def image_folder(folder: Path, n: int = 8) -> Path:
 
 def _server_plan(data_dir: Path, **request: Any) -> Any:
     """The evaluation server's own plan (its _plan, with its embedder and dataset
-    loading) for a ScoreRequest."""
+    loading) for a ScoreRequest (or the fields of one)."""
     pytest.importorskip("grpc")
     server = pytest.importorskip("align_services.evaluation.server")
     from align.v1 import align_pb2
@@ -74,7 +74,8 @@ def _server_plan(data_dir: Path, **request: Any) -> Any:
         None,
         None,  # type: ignore[arg-type]
     )
-    return asyncio.run(servicer._plan(align_pb2.ScoreRequest(**request), "tester"))
+    message = request.pop("request", None) or align_pb2.ScoreRequest(**request)
+    return asyncio.run(servicer._plan(message, "tester"))
 
 
 def test_embedded_and_server_keys_are_equal_for_a_model_id(data_dir: Path) -> None:
@@ -106,15 +107,11 @@ def test_embedded_and_server_keys_are_equal_for_given_features(
     X = spose(data_dir).astype(np.float64)
     path = tmp_path / "spose.npy"
     np.save(path, X)
-    remote = _server_plan(
-        data_dir,
-        model=f"features:{path}",
-        dataset="things",
-        features=X.astype("<f8").tobytes(),
-        features_shape=list(X.shape),
-        features_dtype="<f8",
-        options_json='{"n_bootstrap": 0}',
-    )
+    pytest.importorskip("redis")
+    from tests.services.test_evaluation import features_request
+
+    request = features_request(path, options_json='{"n_bootstrap": 0}')
+    remote = _server_plan(data_dir, request=request)
     report = Client(backend=EmbeddedBackend()).score(
         str(path), "things", data_dir=data_dir, n_bootstrap=0, cache=False
     )
