@@ -287,3 +287,32 @@ def test_probe_lift_interval_excludes_zero_for_a_planted_transform() -> None:
     assert set(d["baseline"]) >= {"accuracy", "ci"} and set(d["lift"]) >= {"value", "ci"}
     assert d["lift"]["value"] == pytest.approx(d["accuracy"] - d["baseline"]["accuracy"])
     assert len(d["ci"]) == 2
+
+
+def test_cli_score_probe_json_carries_baseline_and_lift(
+    data_dir: object, tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The contract: ``align score FEATURES.npy things --probe --json`` adds
+    ``metrics.probe.{ci, baseline.{accuracy, ci}, lift.{value, ci}}``."""
+    import json
+    from pathlib import Path
+
+    pytest.importorskip("torch", reason="the probe needs torch")
+    from align.cli import main
+
+    path = Path(str(tmp_path)) / "f.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(1854, 5)).astype(np.float32))
+    code = main(
+        ["score", str(path), "things", "--data-dir", str(data_dir), "--probe", "--json",
+         "-O", "n_bootstrap=200"]
+    )  # fmt: skip
+    assert code == 0
+    probe = json.loads(capsys.readouterr().out)["metrics"]["probe"]
+    assert len(probe["ci"]) == 2 and probe["ci"][0] <= probe["accuracy"] <= probe["ci"][1]
+    assert set(probe["baseline"]) >= {"accuracy", "ci"} and len(probe["baseline"]["ci"]) == 2
+    assert probe["lift"]["value"] == pytest.approx(
+        probe["accuracy"] - probe["baseline"]["accuracy"], abs=1e-12
+    )
+    assert len(probe["lift"]["ci"]) == 2
+    assert probe["n_heldout_distinct"] < probe["n_heldout"]
+    assert probe["rank"].startswith("full-rank")

@@ -183,3 +183,70 @@ def test_target_objects_and_triplets_without_them() -> None:
     T = np.array([[0, 2, 4], [1, 2, 4], [0, 3, 2]])
     assert triplets_without(T, [1, 3]).tolist() == [True, False, False]
     assert triplets_without(T, []).all()
+
+
+@pytest.mark.parametrize("variant", ["human", "simulated", "glocal"])
+def test_transfer_fit_for_things48_never_sees_its_objects(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, variant: str
+) -> None:
+    """The report's transform for things48 is fitted without things48's 48 THINGS objects:
+    the PCA basis gets their rows as missing, no training triplet touches them, and
+    gLocal's unlabeled rows leave them out (asserted on what the fit actually receives)."""
+    pytest.importorskip("torch", reason="the probe needs torch")
+    import warnings
+
+    from align.datasets import load_dataset, load_spose_embedding
+    from align.metrics.glocal import GLocalProbe
+    from align.metrics.probe import TripletProbe
+    from align.metrics.transfer import target_objects
+    from align.reporting import experiments
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        things = load_dataset("things", data_dir)
+        things48 = load_dataset("things48", data_dir)
+    excluded = target_objects(things48.stimulus_ids, things.stimulus_ids)
+    assert excluded.size == 48
+    T = np.asarray(things.triplets, dtype=np.int64)
+    assert np.isin(T, excluded).any()  # the real data do touch them
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(len(things.stimulus_ids), 12))
+    seen: dict[str, list] = {"pca": [], "fit": [], "local": []}
+    real_pca = experiments.fit_pca
+
+    def spy_pca(Xf: np.ndarray, rank: int):  # type: ignore[no-untyped-def]
+        seen["pca"].append(np.array(Xf))
+        return real_pca(Xf, rank)
+
+    def spy(cls):  # type: ignore[no-untyped-def]
+        real = cls.fit
+
+        def fit(self, Z, triplets, *args, **kwargs):  # type: ignore[no-untyped-def]
+            seen["fit"].append((np.array(Z), np.asarray(triplets)))
+            if kwargs.get("X_local") is not None:
+                seen["local"].append(np.asarray(kwargs["X_local"]))
+            return real(self, Z, triplets, *args, **kwargs)
+
+        return fit
+
+    monkeypatch.setattr(experiments, "fit_pca", spy_pca)
+    monkeypatch.setattr(TripletProbe, "fit", spy(TripletProbe))
+    monkeypatch.setattr(GLocalProbe, "fit", spy(GLocalProbe))
+    cfg = experiments.ReportConfig(rank=4, n_simulated=500, n_threads=1)
+    ctx = experiments.Context({}, {}, None, load_spose_embedding(data_dir), [], data_dir)
+    simulated, glocal = variant != "human", variant == "glocal"
+    transform = experiments.fit_transform_excluding(
+        X, T, excluded, 0.1, simulated, glocal, ctx, cfg
+    )
+    assert seen["pca"] and seen["fit"]
+    for Xf in seen["pca"]:
+        assert np.isnan(Xf[excluded]).all() and not np.isnan(np.delete(Xf, excluded, 0)).any()
+    for Z, trip in seen["fit"]:
+        assert np.isnan(Z[excluded]).all()  # the probe gets their rows as missing
+        assert not np.isin(trip, excluded).any()  # and no triplet over them
+    if glocal:
+        assert seen["local"] and all(not np.isnan(L).any() for L in seen["local"])
+        assert all(L.shape[0] == X.shape[0] - 48 for L in seen["local"])
+    # the composed transform still applies to every row, the target's included
+    E = apply_transform(X[excluded], transform)
+    assert np.isfinite(E).all() and E.shape[0] == 48

@@ -4,4 +4,4 @@ __version__ = "0.1.0"
 
 # Bumped whenever a metric's code changes the numbers it returns, so that cached
 # results computed by older code are never served as current ones.
-METRIC_CODE_VERSION = "1"
+METRIC_CODE_VERSION = "2"  # 2: RSA mean over subjects, probe baseline/lift, LOO ceiling
