@@ -78,13 +78,13 @@ def things_accuracy(results: Sequence[dict[str, Any]], out_dir: Path, prov: dict
     series = [
         ("zero-shot, all responses", "zero", lambda r: r["things"]["zero_shot"]),
         (
-            "zero-shot, held-out responses",
+            "transform off (W = I), held-out responses",
             "zero_held",
             lambda r: _probe_zero(r),
         ),
-        ("probe: human triplets", "human", lambda r: _probe(r, "human")),
-        ("probe: simulated supervision", "simulated", lambda r: _probe(r, "simulated")),
-        ("gLocal: simulated supervision", "glocal", lambda r: _probe(r, "glocal")),
+        ("low-rank probe: human triplets", "human", lambda r: _probe(r, "human")),
+        ("low-rank probe: simulated supervision", "simulated", lambda r: _probe(r, "simulated")),
+        ("low-rank gLocal: simulated supervision", "glocal", lambda r: _probe(r, "glocal")),
     ]
     n = len(results)
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.75 * n))
@@ -120,6 +120,9 @@ def _probe_zero(r: dict[str, Any]) -> dict[str, Any] | None:
     d = _probe(r, "human") or _probe(r, "simulated")
     if d is None:
         return None
+    base = d.get("baseline")
+    if base:  # the lift's reference: the same pipeline with the transform switched off
+        return {"accuracy": base["accuracy"], "ci": base.get("ci")}
     return {"accuracy": d["zero_shot_same_responses"], "ci": d["zero_shot_same_responses_ci"]}
 
 
@@ -249,7 +252,7 @@ def transfer(results: Sequence[dict[str, Any]], out_dir: Path, prov: dict) -> Pa
         ax.set_xticks(range(len(rows)), [r["source"]["label"] for r in rows], rotation=35)
         for t in ax.get_xticklabels():
             t.set_horizontalalignment("right")
-        ax.set_ylabel("Spearman(model RDM, human RDM)")
+        ax.set_ylabel("Spearman (mean over subjects where several)")
         ax.set_title(f"Transfer of THINGS probes to {name}")
         ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.0)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))

@@ -112,11 +112,12 @@ def make_figures(
         (
             "things",
             p,
-            "THINGS odd-one-out accuracy. Zero-shot on all 20,000 responses; probes on the "
-            "real responses over held-out objects (object-disjoint 3-fold), next to "
-            "zero-shot on the same held-out responses. 'Simulated supervision' probes "
+            "THINGS odd-one-out accuracy. Zero-shot on all 20,000 responses; low-rank "
+            "probes on the real responses over held-out objects (object-disjoint 3-fold), "
+            "next to the same pipeline with the transform switched off (W = I) on the same "
+            "held-out responses (the lift's reference). 'Simulated supervision' probes "
             "were trained on triplets simulated from SPoSE, never on the human responses "
-            "they are scored on. Bars: 95% bootstrap CIs. " + ptxt,
+            "they are scored on. Bars: 95% bootstrap CIs over distinct triplets. " + ptxt,
         )
     )
     p2 = F.layer_sweep(results, fig_dir, prov)
@@ -299,7 +300,8 @@ def write_report(
     # leaderboard
     h.append("<h2 id='leaderboard'>Leaderboard</h2><table><tr><th class='l'>source</th>")
     h.append("<th class='l'>kind</th><th>THINGS zero-shot [95% CI]</th><th>normalized</th>")
-    h.append("<th>probe (human)</th><th>probe (simulated)</th><th>gLocal (simulated)</th>")
+    h.append("<th>low-rank probe (human)</th><th>low-rank probe (simulated)</th>")
+    h.append("<th>low-rank gLocal (simulated)</th>")
     for name in RDM_DATASETS:
         h.append(f"<th>RSA {e(name)}</th>")
     h.append("<th>wall time (s)</th></tr>")
@@ -389,20 +391,28 @@ def write_report(
 
 def _probe_table(results: Sequence[dict[str, Any]]) -> str:
     e = html.escape
-    h = ["<table><tr><th class='l'>source</th><th class='l'>probe</th>"]
-    h.append("<th>held-out accuracy [95% CI]</th><th>zero-shot, same responses</th>")
-    h.append("<th>λ</th><th>held-out CE</th><th>kNN overlap</th><th>n responses</th></tr>")
+    h = ["<table><tr><th class='l'>source</th><th class='l'>probe</th><th class='l'>rank</th>"]
+    h.append("<th>held-out accuracy [95% CI]</th><th>transform off (W = I) [95% CI]</th>")
+    h.append("<th>lift [paired 95% CI]</th><th>zero-shot cosine, same responses</th>")
+    h.append("<th>λ</th><th>held-out CE</th><th>kNN overlap</th>")
+    h.append("<th>responses / distinct triplets</th></tr>")
     for r in results:
-        for key in PROBES:
+        for key in (*PROBES, "human_fullrank"):
             d = r["things"].get("probes", {}).get(key)
             if not d or "unavailable" in d:
                 continue
             zs = fmt_ci(d, "zero_shot_same_responses", "zero_shot_same_responses_ci")
+            lift = d.get("lift") or {}
+            lift_s = fmt_ci({"a": lift.get("value"), "ci": lift.get("ci")}, "a")
             h.append(
                 f"<tr><td class='l'>{e(r['source']['label'])}</td><td class='l'>"
-                f"{e(d['label'])}</td><td>{fmt_ci(d)}</td><td>{zs}</td>"
+                f"{e(d['label'])}</td><td class='l'>{e(str(d.get('rank_label', '')))}</td>"
+                f"<td>{fmt_ci(d)}</td><td>{fmt_ci(d.get('baseline') or {})}</td>"
+                f"<td>{lift_s}</td><td>{zs}</td>"
                 f"<td>{fmt(d['lambda'], 4)}</td><td>{fmt(d['cross_entropy'])}</td>"
-                f"<td>{fmt(d.get('knn_overlap'))}</td><td>{d['n_test']}</td></tr>"
+                f"<td>{fmt(d.get('knn_overlap'))}</td>"
+                f"<td>{d.get('n_heldout', d.get('n_test'))} / {d.get('n_heldout_distinct', '–')}"
+                "</td></tr>"
             )
     h.append("</table>")
     return "".join(h)
@@ -452,16 +462,17 @@ def _transfer_table(results: Sequence[dict[str, Any]]) -> str:
     e = html.escape
     h = ["<table><tr><th class='l'>source</th><th class='l'>dataset</th>"]
     h.append("<th class='l'>transform</th><th>RSA before</th><th>RSA after [95% CI]</th>")
-    h.append("<th>Δ</th></tr>")
+    h.append("<th>Δ [paired 95% CI]</th><th>target objects left out of the fit</th></tr>")
     for r in results:
         for name in RDM_DATASETS:
             entry = r["rsa"].get(name) or {}
             for key, t in (entry.get("transfer") or {}).items():
                 after = fmt_ci({"a": t["after"], "ci": t["after_ci"]}, "a")
+                delta = fmt_ci({"a": t["delta"], "ci": t.get("delta_ci")}, "a")
                 h.append(
                     f"<tr><td class='l'>{e(r['source']['label'])}</td><td class='l'>{e(name)}"
                     f"</td><td class='l'>{e(key)}</td><td>{fmt(t['before'])}</td>"
-                    f"<td>{after}</td><td>{fmt(t['delta'])}</td></tr>"
+                    f"<td>{after}</td><td>{delta}</td><td>{t.get('excluded_objects', 0)}</td></tr>"
                 )
     h.append("</table>")
     return "".join(h)
