@@ -49,6 +49,8 @@ BIND_ENV = "ALIGN_SERVE_BIND_HOST"
 #: The internal credential the embedding service requires from the evaluation service.
 INTERNAL_TOKEN_ENV = "ALIGN_INTERNAL_TOKEN"
 DEFAULT_REDIS_PORT = 6379
+#: Ray reads it at import: "0" = a single-machine cluster whose node address is loopback.
+SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def default_state_dir() -> Path:
@@ -188,7 +190,9 @@ class Stack:
         if self.eval_proc is not None:
             _terminate(self.eval_proc, "evaluation service", timeout_s=8.0)
             self.eval_proc = None
-        if self.serve_started:
+        if self.serve_started and not self.ray_started:
+            # (a Ray of our own goes down as a whole below: no separate Serve shutdown,
+            # which would wait for each deployment's graceful shutdown)
             try:
                 from ray import serve
 
@@ -350,6 +354,7 @@ def worker_env(args: argparse.Namespace, stack: Stack | None = None) -> dict[str
         "TRANSFORMERS_OFFLINE": os.environ.get("TRANSFORMERS_OFFLINE", "1"),
         "RAY_USAGE_STATS_ENABLED": "0",
         BIND_ENV: LOOPBACK,
+        SINGLE_NODE_ENV: "0",
     }
     if stack is not None:
         env[INTERNAL_TOKEN_ENV] = stack.internal_token
@@ -392,10 +397,7 @@ def start_serve(stack: Stack, args: argparse.Namespace, config: dict[str, Any]) 
     import ray
     from align_services.embedding import deploy
 
-    # Ray's own token authentication: its GCS, raylet and worker ports refuse calls
-    # without this token (a fresh one per start; Ray's child processes inherit it).
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    enable_ray_token_auth()
     env = worker_env(args, stack)
     for key, value in env.items():
         os.environ[key] = value
@@ -424,6 +426,22 @@ def start_serve(stack: Stack, args: argparse.Namespace, config: dict[str, Any]) 
     stack.endpoints["Ray metrics"] = f"http://{LOOPBACK}:{args.ray_metrics_port}/metrics"
 
 
+def enable_ray_token_auth() -> None:
+    """Ray's own token authentication: its GCS, raylet and worker ports refuse calls
+    without this token (a fresh one per start; Ray's child processes inherit it). Also
+    Ray's single-machine mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, what Ray does on
+    macOS): the node's address is 127.0.0.1 instead of the machine's IP, so the agents,
+    dashboard and workers that bind the node address bind loopback."""
+    os.environ[SINGLE_NODE_ENV] = "0"
+    if os.environ.get("RAY_AUTH_MODE") != "token" or not os.environ.get("RAY_AUTH_TOKEN"):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    if "ray" in sys.modules:  # Ray read its config at import: make it read the mode again
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
 def start_evaluation(stack: Stack, args: argparse.Namespace, config: dict[str, Any]) -> None:
     from align_services.embedding import deploy
 
@@ -448,6 +466,7 @@ def start_evaluation(stack: Stack, args: argparse.Namespace, config: dict[str, A
         "--port", str(args.eval_port),
         "--metrics-host", LOOPBACK,
         "--metrics-port", str(args.eval_metrics_port),
+        "--grace", "5",  # Ctrl-C stops the whole stack within 15 s
         "--embedder", f"grpc://{target}",
     ]  # fmt: skip
     for folder in args.datasets_dir:
@@ -490,6 +509,7 @@ def _wait_healthy(host: str, port: int, proc: subprocess.Popen[bytes], tls: bool
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    enable_ray_token_auth()  # before anything imports ray
     stack = Stack()
 
     def on_signal(signum: int, _frame: Any) -> None:

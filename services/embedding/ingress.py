@@ -37,6 +37,26 @@ from .wire import Failure, Outcome, Work
 logger = logging.getLogger("ray.serve")
 
 DEFAULT_LAYER = "penultimate"
+#: The internal credential: when the replica's environment holds ALIGN_INTERNAL_TOKEN (as
+#: `align serve` sets it), gRPC calls must carry it in this metadata key (Check excepted).
+INTERNAL_ENV = "ALIGN_INTERNAL_TOKEN"
+INTERNAL_HEADER = "x-align-internal"
+
+
+def _internal_ok(grpc_context: Any) -> bool:
+    import hmac
+    import os
+
+    expected = os.environ.get(INTERNAL_ENV, "")
+    if not expected:
+        return True  # not configured (compose/KubeRay: the network policy confines us)
+    try:
+        metadata = grpc_context.invocation_metadata() or ()
+    except Exception:
+        return False
+    given = next((str(v) for k, v in metadata if str(k).lower() == INTERNAL_HEADER), "")
+    return hmac.compare_digest(given.encode(), expected.encode())
+
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -142,6 +162,16 @@ class EmbeddingIngress:
         method (Embed also by model). Called through a handle (no ``grpc_context``), the
         exception is raised instead."""
         started, code, model = time.perf_counter(), grpc.StatusCode.OK, None
+        if method != "Check" and grpc_context is not None and not _internal_ok(grpc_context):
+            # only the evaluation service (it holds ALIGN_INTERNAL_TOKEN) may call us
+            code = grpc.StatusCode.UNAUTHENTICATED
+            grpc_context.set_code(code)
+            grpc_context.set_details(
+                f"missing or wrong metadata '{INTERNAL_HEADER}': the embedding service is "
+                "internal; call the evaluation service"
+            )
+            self._record(method, code, started, None)
+            return empty()
         try:
             response = await handler(request)
             if per_model:

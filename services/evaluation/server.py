@@ -610,7 +610,10 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                     id=str(s.id),
                     kind=str(getattr(s, "kind", "")),
                     present=bool(getattr(s, "present", False)),
-                    path=str(getattr(s, "path", "") or ""),
+                    # relative to the data folder: clients learn no server paths
+                    path=str(getattr(s, "path", "") or "").replace(
+                        str(getattr(s, "data_dir", "")).rstrip("/") + "/", ""
+                    ),
                     description=str(getattr(s, "description", "") or ""),
                 )
             return out
