@@ -9,6 +9,7 @@ in flight instead of guessing with sleeps.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -71,6 +72,47 @@ def raw_score(
             return list(stub.Score(request, metadata=metadata, timeout=60))
         except grpc.RpcError as exc:
             return exc
+
+
+def watch_score(
+    server: Any,
+    request: align_pb2.ScoreRequest,
+    seen: Any,
+    event: threading.Event,
+    token: str | None = ALICE,
+) -> list[align_pb2.ScoreProgress] | grpc.RpcError:
+    """Like raw_score, and sets ``event`` as soon as a streamed message satisfies ``seen``
+    (the server's own progress events: queued, waiting on a lock, ...)."""
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    messages: list[align_pb2.ScoreProgress] = []
+    with grpc.insecure_channel(server.address) as channel:
+        stub = align_pb2_grpc.EvaluationServiceStub(channel)
+        try:
+            for m in stub.Score(request, metadata=metadata, timeout=60):
+                messages.append(m)
+                if seen(m):
+                    event.set()
+        except grpc.RpcError as exc:
+            return exc
+    return messages
+
+
+def wait_until_refusing(server: Any, timeout: float = 30.0) -> None:
+    """Poll (fresh channel each time) until the server refuses new calls: UNAVAILABLE."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with grpc.insecure_channel(server.address) as channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=2
+                )
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    return
+        assert time.monotonic() < deadline, "the server never started refusing calls"
+        time.sleep(0.02)
 
 
 def features_request(path: Path, **kw: Any) -> align_pb2.ScoreRequest:
@@ -365,16 +407,27 @@ def test_two_servers_share_one_computation_through_the_redis_lock(
     eval_service: Any, gated: GatedFeatures
 ):
     a, b = eval_service(), eval_service()
-    with ThreadPoolExecutor(2) as pool, backend(a) as ca, backend(b) as cb:
-        fa = pool.submit(ca.score, gated.id, "things", options=OPTS)
-        gated.wait_entered()
-        fb = pool.submit(cb.score, gated.id, "things", options=OPTS)
-        import time
+    behind_lock = threading.Event()
 
-        time.sleep(0.5)  # b is now polling behind a's Redis lock
+    def waiting_on_another_server(m: align_pb2.ScoreProgress) -> bool:
+        return m.stage == "queued" and "another server" in m.message
+
+    with ThreadPoolExecutor(2) as pool, backend(a) as ca:
+        fa = pool.submit(ca.score, gated.id, "things", options=OPTS)
+        gated.wait_entered()  # a holds the Redis lock and computes
+        request = align_pb2.ScoreRequest(
+            model=gated.id, dataset="things", options_json='{"n_bootstrap": 50}'
+        )
+        fb = pool.submit(watch_score, b, request, waiting_on_another_server, behind_lock)
+        # the event b streams when it finds a's lock and waits behind it
+        assert behind_lock.wait(30), "b never reported waiting on another server's lock"
         gated.open()
-        ra, rb = fa.result(timeout=60), fb.result(timeout=60)
-    assert ra.metrics == rb.metrics
+        ra = fa.result(timeout=60)
+        messages = fb.result(timeout=60)
+    assert not isinstance(messages, grpc.RpcError), messages
+    assert messages[-1].WhichOneof("final") == "report_json" and messages[-1].cache_hit
+    rb = json.loads(messages[-1].report_json)
+    assert rb["metrics"] == json.loads(json.dumps(ra.metrics))
     assert gated.calls == 1
     total = a.metrics.total("align_report_computations_total") + b.metrics.total(
         "align_report_computations_total"
@@ -415,9 +468,7 @@ def test_stop_refuses_new_calls_and_lets_inflight_finish(
         fut = pool.submit(b.score, gated.id, "things", options=OPTS)
         gated.wait_entered()
         stopping = pool.submit(server.stop, 10.0)
-        import time
-
-        time.sleep(0.3)
+        wait_until_refusing(server)  # the server has begun its shutdown
         refused = raw_score(server, features_request(spose_npy))
         assert isinstance(refused, grpc.RpcError)
         assert refused.code() == grpc.StatusCode.UNAVAILABLE
