@@ -100,14 +100,37 @@ def test_unreachable_server_gives_a_clear_error_after_retries():
     assert target in message and "after 3 attempts" in message and "ALIGN_SERVER" in message
 
 
-def test_retries_with_backoff_until_the_server_comes_up(spose_npy: Path, data_dir: Path):
+class _BackoffClock:
+    """Stands in for ``align.remote``'s ``time`` module: records each backoff sleep of the
+    client and sets ``first_backoff`` when the client has failed once and backs off."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.first_backoff = threading.Event()
+
+    def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        self.first_backoff.set()
+        time.sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_retries_with_backoff_until_the_server_comes_up(
+    spose_npy: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import align.remote
     from align_services.evaluation.server import ServerConfig, ThreadedServer
 
+    clock = _BackoffClock()
+    monkeypatch.setattr(align.remote, "time", clock)
     port = free_port()
     holder: dict[str, Any] = {}
 
     def start_late() -> None:
-        time.sleep(1.0)
+        # start only once the client has failed and is backing off (its own event)
+        assert clock.first_backoff.wait(60), "the client never retried"
         holder["server"] = ThreadedServer(
             ServerConfig(
                 host="127.0.0.1",
@@ -127,6 +150,7 @@ def test_retries_with_backoff_until_the_server_comes_up(spose_npy: Path, data_di
         ) as b:
             report = b.score(str(spose_npy), "things", options={"n_bootstrap": 50})
         assert 0.5 < report.value("odd_one_out", "accuracy") < 1.0
+        assert 1 <= len(clock.delays) <= 8  # it did retry, within its budget
     finally:
         starter.join()
         if "server" in holder:
@@ -195,3 +219,71 @@ def test_tls_with_a_private_ca(tmp_path: Path, spose_npy: Path, data_dir: Path):
                 b.list_datasets()
     finally:
         server.stop(grace=1.0)
+
+
+class _CountingServicer:
+    """A real gRPC EvaluationService that answers every call with one status code and
+    counts the calls it received."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self.code = code
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def handler(self) -> Any:
+        from align.v1 import align_pb2_grpc
+
+        outer = self
+
+        class Servicer(align_pb2_grpc.EvaluationServiceServicer):
+            def Score(self, request: Any, context: Any) -> Any:
+                with outer.lock:
+                    outer.calls += 1
+                context.abort(outer.code, "try again later")
+
+        return Servicer()
+
+
+@pytest.mark.parametrize(
+    ("code", "retries", "calls"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, 0, 1),
+        (grpc.StatusCode.UNAVAILABLE, 3, 4),  # retried: 1 + retries calls
+        (grpc.StatusCode.INVALID_ARGUMENT, 3, 1),  # never retried
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 3, 1),
+    ],
+)
+def test_client_makes_exactly_one_plus_retries_calls_on_unavailable(
+    code: grpc.StatusCode, retries: int, calls: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent import futures
+
+    import align.remote
+    from align.errors import AlignError
+    from align.v1 import align_pb2_grpc
+
+    clock = _BackoffClock()
+    monkeypatch.setattr(align.remote, "time", clock)
+    counting = _CountingServicer(code)
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    align_pb2_grpc.add_EvaluationServiceServicer_to_server(counting.handler(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with RemoteBackend(
+            f"127.0.0.1:{port}", ALICE, retries=retries, backoff_s=0.01, max_backoff_s=0.04,
+            progress=False,
+        ) as b:  # fmt: skip
+            with pytest.raises(AlignError) as info:
+                b.score("timm/tf_efficientnet_lite0", "things")
+    finally:
+        server.stop(0)
+    assert counting.calls == calls
+    assert len(clock.delays) == calls - 1
+    # exponential backoff with jitter in [0.5, 1] x min(max, base * 2**attempt)
+    for attempt, delay in enumerate(clock.delays):
+        cap = min(0.04, 0.01 * 2**attempt)
+        assert 0.5 * cap <= delay <= cap
+    if code == grpc.StatusCode.UNAVAILABLE:
+        assert isinstance(info.value, ServiceUnavailableError)
+        assert f"after {calls} attempts" in str(info.value)
