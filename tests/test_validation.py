@@ -1,0 +1,230 @@
+"""align.metrics.validation: one rule per input kind, and every metric uses it.
+
+Each rule is tested on its own (every refusal names the field), then the same bad input
+is given to the metrics that take it: they refuse it with the same message, because
+they call the same check.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from align.errors import InvalidInputError, NumericalError
+from align.metrics.validation import (
+    check_bool,
+    check_choice,
+    check_features,
+    check_present,
+    check_scalar,
+    check_triplets,
+)
+
+# ---------------------------------------------------------------------------- features
+
+
+@pytest.mark.parametrize(
+    ("X", "problem"),
+    [
+        (np.zeros((3, 2), dtype=bool), "has dtype bool"),
+        (np.zeros((3, 2), dtype=complex), "has dtype complex128"),
+        (np.array([["a", "b"]]), "has dtype <U1"),
+        (np.zeros(4), "has shape (4,)"),
+        (np.zeros((2, 2, 2)), "has shape (2, 2, 2)"),
+        (np.zeros((0, 3)), "is empty, shape (0, 3)"),
+        (np.zeros((3, 0)), "is empty, shape (3, 0)"),
+        ([[1.0, 2.0], [3.0]], "is not array-like"),
+        (np.full((2, 3), np.nan), "has only all-NaN (missing) rows"),
+    ],
+)
+def test_features_refusals_name_the_field(X: object, problem: str) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        check_features(X, "feats")
+    assert err.value.field == "feats"
+    assert err.value.problem.startswith(problem)
+
+
+def test_features_missing_rows_and_non_finite_values() -> None:
+    X = np.arange(12.0).reshape(4, 3)
+    X[1] = np.nan  # a missing stimulus
+    out, missing = check_features(X, "X")
+    assert missing.tolist() == [False, True, False, False]
+    assert out.dtype == np.float64 and out.flags.c_contiguous
+    assert np.shares_memory(out, X)  # float64 C-contiguous input: no copy
+    for bad in (np.nan, np.inf, -np.inf):
+        Y = X.copy()
+        Y[2, 1] = bad
+        with pytest.raises(NumericalError, match=r"X\[2, 1\] is .*row 2 'c' column 1"):
+            check_features(Y, "X", row_names=["a", "b", "c", "d"])
+
+
+def test_features_row_count_dtype_and_integers() -> None:
+    with pytest.raises(InvalidInputError) as err:
+        check_features(np.ones((3, 2)), "features", n_rows=4, rows_expected="4 rows, one each")
+    assert (err.value.field, err.value.problem, err.value.expected) == (
+        "features",
+        "has 3 rows",
+        "4 rows, one each",
+    )
+    f32 = np.ones((3, 2), dtype=np.float32)
+    assert check_features(f32, as_float64=False)[0].dtype == np.float32
+    assert check_features(f32)[0].dtype == np.float64
+    ints, _ = check_features(np.ones((3, 2), dtype=np.int8), as_float64=False)
+    assert ints.dtype == np.float64
+
+
+# ---------------------------------------------------------------------------- triplets
+
+
+@pytest.mark.parametrize(
+    ("T", "field", "problem"),
+    [
+        (np.zeros((0, 3), dtype=int), "t", "is empty"),
+        ([], "t", "has shape (0,)"),
+        ([[0, 1]], "t", "has shape (1, 2)"),
+        ([[0, 1, 2], [0, 1, 9]], "t[1]", "is [0, 1, 9], out of range"),
+        ([[0, 1, 2], [-1, 1, 2]], "t[1]", "is [-1, 1, 2], out of range"),
+        ([[0, 1, 2], [3, 1, 3]], "t[1]", "repeats a stimulus: [3, 1, 3]"),
+        ([[0.0, 1.0, 2.0], [0.5, 1.0, 2.0]], "t[1]", "is [0.5, 1.0, 2.0]"),
+        ([[0.0, 1.0, np.nan]], "t[0]", "is [0.0, 1.0, nan]"),
+        (np.ones((1, 3), dtype=bool), "t", "has dtype bool"),
+        (np.array([["0", "1", "2"]]), "t", "has dtype <U1"),
+    ],
+)
+def test_triplet_refusals_name_the_field_and_row(T: object, field: str, problem: str) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        check_triplets(T, 5, "t")
+    assert err.value.field == field
+    assert err.value.problem == problem
+
+
+def test_triplets_accept_whole_floats_and_return_int64() -> None:
+    out = check_triplets(np.array([[0.0, 1.0, 2.0], [4.0, 3.0, 2.0]]), 5)
+    assert out.dtype == np.int64 and out.flags.c_contiguous
+    assert out.tolist() == [[0, 1, 2], [4, 3, 2]]
+
+
+def test_present_refuses_triplets_over_missing_rows() -> None:
+    T = np.array([[0, 1, 2], [1, 3, 4]])
+    check_present(T, np.zeros(5, dtype=bool))  # nothing missing: accepted
+    with pytest.raises(InvalidInputError) as err:
+        check_present(T, np.array([False, False, False, True, False]), "val")
+    assert err.value.field == "val[1]"
+
+
+# ---------------------------------------------------------------------------- scalars
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "expected"),
+    [
+        (True, {}, "a finite number"),
+        (np.bool_(True), {}, "a finite number"),
+        ("1", {}, "a finite number"),
+        (float("nan"), {}, "a finite number"),
+        (float("inf"), {"minimum": 0}, "a finite number >= 0"),
+        (-1e-9, {"minimum": 0}, "a finite number >= 0"),
+        (0.0, {"minimum": 0, "include_minimum": False}, "a finite number > 0"),
+        (1.0, {"minimum": 0, "maximum": 1, "include_maximum": False}, "a finite number in [0, 1)"),
+        (2.5, {"integer": True}, "an integer"),
+        (1, {"integer": True, "minimum": 2}, "an integer >= 2"),
+        (3, {"maximum": 2}, "a finite number <= 2"),
+    ],
+)
+def test_scalar_refusals(value: object, kwargs: dict, expected: str) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        check_scalar(value, "lam", **kwargs)
+    assert (err.value.field, err.value.problem, err.value.expected) == (
+        "lam",
+        f"is {value!r}",
+        expected,
+    )
+
+
+def test_scalar_accepts_and_converts() -> None:
+    assert check_scalar(np.float32(0.5), "x", minimum=0, maximum=1) == 0.5
+    v = check_scalar(np.int64(3), "n", integer=True, minimum=1)
+    assert v == 3 and type(v) is int
+    assert type(check_scalar(2, "x")) is float
+
+
+def test_choice_and_bool() -> None:
+    assert check_choice("dot", "similarity", ("cosine", "dot")) == "dot"
+    with pytest.raises(InvalidInputError) as err:
+        check_choice("pearson", "similarity", ("cosine", "dot"))
+    assert err.value.field == "similarity" and err.value.expected == "one of 'cosine', 'dot'"
+    with pytest.raises(InvalidInputError, match="similarity"):
+        check_choice(["dot"], "similarity", ("cosine", "dot"))
+    assert check_bool(np.bool_(False), "flag") is False
+    for bad in (0, 1, "yes", None):
+        with pytest.raises(InvalidInputError) as err:
+            check_bool(bad, "flag")
+        assert err.value.field == "flag" and err.value.expected == "True or False"
+
+
+# ---------------------------------------------------------- one rule, used everywhere
+
+
+def _metric_calls(X: object) -> dict[str, object]:
+    """Every metric entry point that takes a feature matrix, on ``X``."""
+    from align.metrics.oddoneout import odd_one_out
+    from align.metrics.rsa import compute_rdm
+
+    T = np.array([[0, 1, 2], [1, 2, 3], [0, 2, 3]])
+    calls = {
+        "odd_one_out": lambda: odd_one_out(X, T, n_bootstrap=0),
+        "compute_rdm": lambda: compute_rdm(X),
+    }
+    try:
+        from align.metrics.glocal import knn_overlap
+        from align.metrics.probe import TripletProbe
+
+        calls["probe"] = lambda: TripletProbe().fit(X, T)
+        calls["knn_overlap"] = lambda: knn_overlap(X, np.ones((4, 2)), k=1)
+    except ImportError:  # pragma: no cover - torch is a core dependency here
+        pass
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("X", "field_problem"),
+    [
+        (np.zeros((4, 2), dtype=bool), "has dtype bool"),
+        (np.zeros(4), "has shape (4,)"),
+        (np.full((4, 2), np.nan), "has only all-NaN (missing) rows"),
+    ],
+)
+def test_every_metric_refuses_bad_features_with_the_same_message(
+    X: np.ndarray, field_problem: str
+) -> None:
+    messages = set()
+    for name, call in _metric_calls(X).items():
+        with pytest.raises(InvalidInputError) as err:
+            call()  # type: ignore[operator]
+        assert err.value.problem.startswith(field_problem), name
+        messages.add((err.value.problem, err.value.expected))
+    assert len(messages) == 1
+
+
+def test_every_metric_names_a_partly_nan_row_the_same_way() -> None:
+    X = np.arange(8.0).reshape(4, 2)
+    X[2, 1] = np.inf
+    for name, call in _metric_calls(X).items():
+        with pytest.raises(NumericalError, match=r"\[2, 1\] is inf \(row 2 column 1\)"):
+            call()  # type: ignore[operator]
+        assert name
+
+
+def test_evaluate_names_the_stimulus_and_the_dataset_rows() -> None:
+    from types import SimpleNamespace
+
+    from align.evaluation import check_features as evaluate_features
+
+    ds = SimpleNamespace(stimulus_ids=("cat", "dog", "yo-yo"), id="toy")  # what it reads
+    X = np.ones((3, 2), dtype=np.float32)
+    assert evaluate_features(X, ds).dtype == np.float32  # float dtype kept
+    X[2, 0] = np.nan
+    with pytest.raises(NumericalError, match=r"features\[2, 0\] is nan \(row 2 'yo-yo' column 0\)"):
+        evaluate_features(X, ds)
+    with pytest.raises(InvalidInputError) as err:
+        evaluate_features(np.ones((2, 2)), ds)
+    assert err.value.field == "features" and "stimulus of 'toy'" in str(err.value.expected)
