@@ -1,7 +1,8 @@
 """The in-process embedding engine: batched, deterministic, memory-bounded.
 
 ``EmbeddingModel.embed`` turns stimuli into ``{layer: (n, p) float32}``. Image models
-decode and preprocess in ``DataLoader`` workers (``num_workers``; 0 = in process), run
+decode and preprocess in ``DataLoader`` workers (``num_workers``; 0 = in process, in a
+background thread that decodes the next batches while this one runs forward), run
 every requested layer in ONE forward pass (named layers are computed from the same
 features; any module name is captured with a forward hook) under
 ``torch.inference_mode``, and write each batch into a preallocated output (an unlinked
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +192,54 @@ def _collate(items: list[tuple[int, np.ndarray | None, tuple[str, ...]]]) -> Any
     return idx, x, bad
 
 
+_DONE = object()
+
+
+def _prefetched(batches: Iterable[Any], depth: int) -> Iterator[Any]:
+    """Yield ``batches`` in order while a daemon thread produces up to ``depth`` ahead.
+
+    At most ``depth`` produced batches wait in the queue (plus the one being produced and
+    the one the caller holds), so memory stays bounded. An exception in the producer is
+    re-raised here, in the caller, in order; when the caller stops early (an error, a
+    ``break``), the producer is told to stop and joined.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put((batch, None)):
+                    return
+        except BaseException as exc:  # re-raised in the consumer
+            put((None, exc))
+            return
+        put((_DONE, None))
+
+    worker = threading.Thread(target=produce, name="align-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            batch, exc = q.get()
+            if exc is not None:
+                raise exc
+            if batch is _DONE:
+                return
+            yield batch
+    finally:
+        stop.set()
+        worker.join()
+
+
 class ImageModel(EmbeddingModel):
     """A torch image network with named layers computed in one forward pass.
 
@@ -278,6 +328,11 @@ class ImageModel(EmbeddingModel):
                 h.remove()
         return outs
 
+    #: Batches decoded ahead by a background thread when ``num_workers`` is 0 (in-process
+    #: decoding): the next batch's JPEG decode and preprocessing (Pillow and numpy release
+    #: the GIL) overlap the forward pass of this one. 0 decodes serially, in the caller.
+    prefetch_batches: int = 2
+
     def _batches(self, stimuli: Sequence[Any], batch_size: int, num_workers: int) -> Iterator[Any]:
         items = _ImageItems(stimuli, self.transform)
         loader = torch.utils.data.DataLoader(
@@ -289,7 +344,10 @@ class ImageModel(EmbeddingModel):
             pin_memory=self._cuda,
             persistent_workers=False,
         )
-        yield from loader
+        if num_workers > 0 or self.prefetch_batches <= 0:
+            yield from loader
+            return
+        yield from _prefetched(loader, self.prefetch_batches)
 
     def embed_images(
         self,

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,15 +35,19 @@ __all__ = [
     "INITS",
     "INIT_STD",
     "OPTIMIZERS",
+    "REDUCTIONS",
     "REG_KINDS",
     "ExtraTerm",
     "FitOptions",
     "FitOutput",
+    "ReductionCache",
     "compress",
     "cross_entropy_t",
     "fit_weights",
+    "fold_jobs",
     "initial_weights",
     "localise",
+    "map_folds",
     "predict_from_similarities",
     "similarities_t",
     "softmax_np",
@@ -130,6 +138,40 @@ def threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def fold_jobs(n_jobs: int | None, k: int, n_threads: int | None) -> int:
+    """Folds to fit at once: ``n_jobs`` (checked), or None -> torch's thread count (at
+    most ``k``), 1 when the estimator pins its own ``n_threads``."""
+    if n_jobs is None:
+        return 1 if n_threads is not None else max(1, min(k, torch.get_num_threads()))
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise InvalidInputError("n_jobs", f"is {n_jobs!r}", "None or an integer >= 1")
+    return min(n_jobs, k)
+
+
+def map_folds(run: Callable[[int], None], k: int, n_jobs: int) -> None:
+    """``run(i)`` for i in range(k): in order, or in ``n_jobs`` threads that split
+    torch's intra-op threads between them (restored afterwards). Each thread sets its
+    own count (OpenMP keeps it per thread); torch ops and BLAS release the GIL, so the
+    fits use the cores in parallel. The first exception is re-raised."""
+    if n_jobs <= 1 or k <= 1:
+        for i in range(k):
+            run(i)
+        return
+    total = torch.get_num_threads()
+    per = max(1, total // n_jobs)
+
+    def job(i: int) -> None:
+        torch.set_num_threads(per)
+        run(i)
+
+    try:
+        with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="align-fold") as pool:
+            for _ in pool.map(job, range(k)):
+                pass
+    finally:
+        torch.set_num_threads(total)
+
+
 # ----------------------------------------------------------------------------- pieces
 
 
@@ -186,6 +228,85 @@ def initial_weights(init: str, tau: float, seed: int, p: int) -> np.ndarray:
         gen = torch.Generator().manual_seed(seed)
         return (torch.randn(p, p, generator=gen, dtype=torch.float64) * INIT_STD).numpy()
     return np.eye(p) * tau
+
+
+# ----------------------------------------------------------------------------- reduction
+
+
+def _digest(*arrays: np.ndarray) -> bytes:
+    h = hashlib.blake2b(digest_size=20)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(repr((a.dtype.str, a.shape)).encode())
+        h.update(a.view(np.uint8).data if a.size else b"")
+    return h.digest()
+
+
+class ReductionCache:
+    """The exact r x r reduction's factorisations, kept for the next fits on the same rows.
+
+    ``get(rows, W0)`` returns ``(V, Q, R)``: ``V`` (p, r) an orthonormal basis of the
+    rows' span from their SVD (r = numerical rank, singular values above 1e-10 of the
+    largest), and from the QR factorisation ``(V^T W0)^T = Q_m R_m``: ``Q = Q_m^T``
+    (r, p, orthonormal rows) and ``R = R_m^T`` (r, r), the reduced start. The SVD (and the QR, for
+    the same ``W0``) is the same for every lambda of a fold's grid; recomputing it cost
+    ~2-3 CPU s per fit at p = 1280 (more than the L-BFGS iterations at large lambda).
+    Keys are content digests of the arrays (never identities), so a hit returns exactly
+    what a recomputation would; at most ``size`` entries of each kind are kept (least
+    recently used dropped; ``size = 0`` turns caching off). Thread-safe. The arrays
+    returned are shared: read them, never write them.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._bases: OrderedDict[bytes, tuple[np.ndarray, int]] = OrderedDict()
+        self._starts: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def _lookup(self, table: OrderedDict[bytes, Any], key: bytes) -> Any:
+        with self._lock:
+            hit = table.get(key)
+            if hit is not None:
+                table.move_to_end(key)
+            return hit
+
+    def _store(self, table: OrderedDict[bytes, Any], key: bytes, value: Any) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            table[key] = value
+            table.move_to_end(key)
+            while len(table) > self.size:
+                table.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._bases.clear()
+            self._starts.clear()
+
+    def get(self, rows: np.ndarray, W0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = _digest(rows)
+        basis = self._lookup(self._bases, key)
+        if basis is None:
+            _, sv, Vt = np.linalg.svd(rows, full_matrices=False)
+            r = int(np.sum(sv > sv[0] * 1e-10)) if sv.size and sv[0] > 0 else 0
+            if r == 0:
+                raise InvalidInputError("X", "training rows are constant", "varying features")
+            basis = (Vt[:r].T, r)
+            self._store(self._bases, key, basis)
+        V = basis[0]
+        skey = key + _digest(W0)
+        start = self._lookup(self._starts, skey)
+        if start is None:
+            A0 = V.T @ W0
+            Qm, Rm = np.linalg.qr(A0.T)
+            start = (Qm.T, Rm.T)
+            self._store(self._starts, skey, start)
+        return V, start[0], start[1]
+
+
+#: The process-wide cache the L-BFGS fits use (``REDUCTIONS.size = 0`` disables it).
+REDUCTIONS = ReductionCache()
 
 
 # ----------------------------------------------------------------------------- the fit
@@ -277,19 +398,15 @@ class _Fit:
             # Exact reduction (TripletProbe's docstring): W = V B Q with V (p, r) spanning
             # the training (and unlabeled) rows and Q (r, p) the row space of V^T W0, so
             # optimise B (r, r). With at least as many rows as features it cannot reduce.
-            _, sv, Vt = np.linalg.svd(stacked, full_matrices=False)
-            r = int(np.sum(sv > sv[0] * 1e-10)) if sv.size and sv[0] > 0 else 0
-            if r == 0:
-                raise InvalidInputError("X", "training rows are constant", "varying features")
-            V = Vt[:r].T
-            A0 = V.T @ W.detach().to("cpu", torch.float64).numpy()
-            Qm, Rm = np.linalg.qr(A0.T)
-            basis = (V, Qm.T)
+            # Both factorisations depend only on the rows and W0, not on the penalty: a
+            # lambda grid over one fold computes them once (REDUCTIONS, same arrays).
+            V, Qt, Rm = REDUCTIONS.get(stacked, W.detach().to("cpu", torch.float64).numpy())
+            basis = (V, Qt)
             Xs64 = Xs64 @ V
             if Ls64 is not None:
                 Ls64 = Ls64 @ V
             with torch.no_grad():
-                W = self.tensor(np.ascontiguousarray(Rm.T)).clone().requires_grad_(True)
+                W = self.tensor(np.ascontiguousarray(Rm)).clone().requires_grad_(True)
         Xs = self.tensor(Xs64)
         Ls = None if Ls64 is None else self.tensor(Ls64)
         targets = [self.tensor(t_.numpy()) for t_ in targets64]

@@ -27,6 +27,7 @@ from ...results import Result, to_jsonable
 from ..bootstrap import check_bootstrap_options, distinct_triplet_groups, paired_cluster_difference
 from ..splits import ObjectKFold
 from ..validation import check_bool, check_features, check_scalar, check_triplets
+from .core import fold_jobs, map_folds
 from .estimator import TripletProbe, clone
 
 __all__ = [
@@ -125,6 +126,7 @@ def cross_validate(
     refit: bool = True,
     warm_start: bool = False,
     training_set: TrainingSet | None = None,
+    n_jobs: int | None = None,
 ) -> LambdaSearch:
     """Object-disjoint k-fold evaluation of ``estimator`` for every ``reg`` in ``lambdas``.
 
@@ -135,7 +137,9 @@ def cross_validate(
     triplets (the hook's fold ``None``). ``warm_start``: within a fold the lambdas run
     from large to small and each fit starts from the previous lambda's weights (unless
     those collapsed to a norm below the initialisation's); see
-    :func:`cross_validate_probe`.
+    :func:`cross_validate_probe`. ``n_jobs``: folds fitted at the same time, in
+    threads that share torch's threads (None: as many as torch has threads, at most
+    ``k``; 1 when the estimator sets its own ``n_threads``).
     """
     if not isinstance(estimator, TripletProbe):
         raise InvalidInputError(
@@ -186,7 +190,9 @@ def cross_validate(
     # initialisation's: a strong unsquared penalty drives W to ~0, a poor start).
     order = sorted(range(len(grid)), key=lambda j_: -grid[j_])
     init_norm = float(np.linalg.norm(estimator.initial_weights(Xa.shape[1]))) if warm_start else 0.0
-    for i, (_train, test) in enumerate(splits):
+
+    def run_fold(i: int) -> None:
+        test = splits[i][1]
         train_trip, fit_kw = train_sets[i]
         prev: np.ndarray | None = None
         for j in order:
@@ -202,6 +208,10 @@ def cross_validate(
             correct[j][i] = hit
             acc[j, i] = float(np.mean(hit))
             iters[j, i] = est.n_iter_
+
+    # folds are independent: with n_jobs > 1 they run in threads, torch's threads split
+    # between them (core.map_folds); every fit is the same computation either way
+    map_folds(run_fold, k, fold_jobs(n_jobs, k, estimator.n_threads))
     off = identity_probe(estimator, Xa)
     baseline = [off.predict(Xa, trip[test]) == 2 for _train, test in splits]
     best = int(np.argmin(ce.mean(axis=1)))  # first minimum = larger lambda on ties

@@ -1,0 +1,167 @@
+"""The fast paths of issue 14 give the reference path's answers.
+
+- Probe: the per-fold reduction cache (SVD of the training rows and the QR of the
+  reduced start, computed once per fold instead of once per lambda) gives the same
+  weights bit for bit, and the same held-out cross-entropy, as recomputing them; on the
+  real THINGS responses with SPoSE features.
+- Engine: in-process decoding in a background thread (prefetch) gives the same rows bit
+  for bit as serial decoding, on real THINGS images; errors still name the bad image.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from align.errors import DataMissingError, InvalidInputError  # noqa: E402
+from align.metrics.probe import TripletProbe, core  # noqa: E402
+from align.metrics.splits import ObjectKFold  # noqa: E402
+from align.models import load_model  # noqa: E402
+from align.models.engine import _prefetched  # noqa: E402
+
+# ----------------------------------------------------------------------------- probe
+
+
+def _things(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """THINGS responses (odd one out in column 2) and 700-d features built from the
+    human SPoSE embedding (more features than a fold's training objects, so the exact
+    r x r reduction applies)."""
+    raw = np.loadtxt(
+        data_dir / "things" / "test_triplets_things_concepts_order0.csv",
+        delimiter=",",
+        skiprows=1,
+        dtype=np.int64,
+    )
+    order = np.array([[1, 2, 0], [0, 2, 1], [0, 1, 2]])[raw[:, 3] - 1]
+    trip = np.take_along_axis(raw[:, :3], order, axis=1)
+    spose = np.loadtxt(data_dir / "things_spose66d" / "spose_embedding_66d.txt")
+    rng = np.random.default_rng(0)
+    X = spose @ rng.normal(size=(66, 700)) + 2.0 * rng.normal(size=(len(spose), 700))
+    return np.maximum(X, 0.0).astype(np.float32), trip
+
+
+def test_reduction_cache_gives_the_recomputed_fit_bit_for_bit(data_dir, monkeypatch):
+    X, trip = _things(data_dir)
+    train, test = ObjectKFold(3, 0).split(X.shape[0], trip)[0]
+    assert X.shape[1] > len(np.unique(trip[train]))  # the reduction applies
+    cache = core.ReductionCache(size=4)
+    monkeypatch.setattr(core, "REDUCTIONS", cache)
+    fits = {}
+    for size in (0, 4):  # 0: every fit factorises (the old path); 4: once per fold
+        cache.size = size
+        cache.clear()
+        for lam in (1.0, 1e-2):
+            est = TripletProbe(reg=lam, dtype="float32", max_iter=25, seed=0)
+            fits[size, lam] = est.fit(X, trip[train])
+        assert len(cache._bases) == (1 if size else 0)  # one SVD for both lambdas
+    for lam in (1.0, 1e-2):
+        ref, new = fits[0, lam], fits[4, lam]
+        assert np.array_equal(ref.weights_, new.weights_)
+        assert ref.loss_curve_ == new.loss_curve_
+        assert ref.loss(X, trip[test]) == new.loss(X, trip[test])
+    # and the reduced fit is the full p x p fit (reduce=False) up to convergence
+    full = TripletProbe(reg=1.0, dtype="float64", seed=0, reduce=False).fit(X, trip[train])
+    red = TripletProbe(reg=1.0, dtype="float64", seed=0).fit(X, trip[train])
+    assert abs(full.loss(X, trip[test]) - red.loss(X, trip[test])) < 1e-4
+
+
+def test_reduction_cache_keys_on_content_not_identity():
+    rng = np.random.default_rng(1)
+    rows, W0 = rng.normal(size=(5, 9)), rng.normal(size=(9, 9))
+    cache = core.ReductionCache(size=2)
+    V, Q, R = cache.get(rows, W0)
+    assert np.allclose(V.T @ V, np.eye(5)) and np.allclose(Q @ Q.T, np.eye(5))
+    assert np.allclose(R @ Q, V.T @ W0)  # B0 Q = V^T W0: the start is W0 on the rows
+    V2, Q2, _ = cache.get(rows.copy(), W0.copy())
+    assert V2 is V and Q2 is Q  # same content: the cached arrays
+    changed = rows.copy()
+    changed[0, 0] += 1e-12
+    assert cache.get(changed, W0)[0] is not V  # any change: recomputed
+    for _ in range(3):  # bounded: the oldest entries go
+        cache.get(rng.normal(size=(5, 9)), W0)
+    assert len(cache._bases) == 2 and len(cache._starts) == 2
+    with pytest.raises(InvalidInputError, match="constant"):
+        cache.get(np.zeros((3, 9)), W0)
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    pytest.importorskip("timm")
+    try:
+        return load_model("timm/tf_efficientnet_lite0", device="cpu")
+    except DataMissingError as e:  # pragma: no cover - the weights extra is not installed
+        pytest.skip(f"EfficientNet-Lite0 weights not installed: {e}")
+
+
+def _images(data_dir: Path, n: int) -> list[Path]:
+    paths = sorted((data_dir / "things" / "images").glob("*_[0-9][0-9][bs].jpg"))[:n]
+    if len(paths) < n:
+        pytest.skip("THINGS images not found")
+    return paths
+
+
+def test_prefetched_decoding_gives_the_serial_rows_bit_for_bit(lite0, data_dir, monkeypatch):
+    paths = _images(data_dir, 7)
+    monkeypatch.setattr(lite0, "prefetch_batches", 0)
+    serial = lite0.embed(paths, layers=("penultimate", "logits"), batch_size=3)
+    monkeypatch.setattr(lite0, "prefetch_batches", 2)
+    seen: list[str] = []
+    real = lite0._run
+
+    def spy(x, names):  # record which thread ran the forward pass
+        seen.append(threading.current_thread().name)
+        return real(x, names)
+
+    monkeypatch.setattr(lite0, "_run", spy)
+    overlapped = lite0.embed(paths, layers=("penultimate", "logits"), batch_size=3)
+    assert seen == [threading.current_thread().name] * 3  # forward in the caller, 3 batches
+    for name in ("penultimate", "logits"):
+        assert np.array_equal(overlapped[name], serial[name])
+
+
+def test_prefetched_decoding_raises_the_bad_images_error_and_stops(lite0, data_dir, tmp_path):
+    paths = _images(data_dir, 5)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(paths[0].read_bytes()[:200])  # a truncated JPEG
+    stimuli = [*paths[:4], bad, paths[4]]
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(InvalidInputError, match=r"stimuli\[4\].*broken\.jpg"):
+        lite0.embed(stimuli, batch_size=2)
+    leftover = [t for t in threading.enumerate() if t.ident not in before]
+    assert not [t for t in leftover if t.name == "align-decode"]  # producer joined
+
+
+def test_prefetched_keeps_order_passes_errors_and_stops_early():
+    assert list(_prefetched(iter(range(10)), 2)) == list(range(10))
+
+    def failing():
+        yield 1
+        raise ValueError("decode failed")
+
+    got = []
+    with pytest.raises(ValueError, match="decode failed"):
+        for item in _prefetched(failing(), 2):
+            got.append(item)
+    assert got == [1]
+
+    produced: list[int] = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    gen = _prefetched(endless(), 2)
+    assert next(gen) == 0
+    gen.close()  # the consumer stops: the producer is told to stop and joined
+    assert not [t for t in threading.enumerate() if t.name == "align-decode"]
+    assert len(produced) <= 1 + 2 + 2  # the one taken, <= 2 queued, 1 in hand, 1 offered
