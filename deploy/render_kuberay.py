@@ -70,6 +70,9 @@ HEAD_PORTS = {
 }
 
 SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001}
+#: Each Ray container: no privilege escalation, no capabilities (networkpolicy.yaml keeps
+#: Ray's ports to the Ray pods themselves, Serve gRPC to the evaluation pods).
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 def _probe(args: list[str], initial_delay: int, period: int, failures: int) -> dict[str, Any]:
@@ -98,6 +101,7 @@ def rayservice(serve_config_text: str, image: str, gpu_workers_max: int) -> dict
             "limits": {"cpu": "2", "memory": "8Gi"},
         },
         "volumeMounts": MOUNTS,
+        "securityContext": CONTAINER_SECURITY,
         "livenessProbe": _probe(["ray", "--head"], 30, 15, 8),
         "readinessProbe": _probe(["ray", "--head"], 10, 10, 6),
     }
@@ -112,6 +116,7 @@ def rayservice(serve_config_text: str, image: str, gpu_workers_max: int) -> dict
             "limits": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"},
         },
         "volumeMounts": MOUNTS,
+        "securityContext": CONTAINER_SECURITY,
         "livenessProbe": _probe(["ray"], 30, 15, 8),
         "readinessProbe": _probe(["ray"], 10, 10, 6),
     }

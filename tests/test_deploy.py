@@ -32,7 +32,11 @@ DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "align.json"
 PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
 
 #: Values for the variables the compose file requires (`${VAR:?...}`).
-REQUIRED_ENV = {"ALIGN_TOKENS": "deploy-test:not-a-secret", "GRAFANA_ADMIN_PASSWORD": "x"}
+REQUIRED_ENV = {
+    "ALIGN_TOKENS": "deploy-test:not-a-secret",
+    "GRAFANA_ADMIN_PASSWORD": "x",
+    "REDIS_PASSWORD": "deploy-test-redis-password",
+}
 
 
 # ----------------------------------------------------------------------------------------
@@ -220,27 +224,61 @@ def test_volumes_for_data_weights_and_model_cache() -> None:
 
 
 def test_published_ports_match_the_documented_defaults() -> None:
-    # docs/DESIGN.md "Ports" and deploy/README.md list these.
+    # Only the evaluation gRPC port (clients) and Grafana (admin, loopback by default) are
+    # published (issue 10); deploy/README.md lists every port, published or internal.
     services = load_compose()["services"]
     published = {
         name: {int(p.split(":")[-1]) for p in s.get("ports", [])} for name, s in services.items()
     }
     assert published == {
-        "redis": {6379},
-        "ray-head": {9000, 8000, 8265, 8080},
-        "evaluation": {50051, 9101},
-        "prometheus": {9090},
+        "redis": set(),
+        "ray-head": set(),
+        "evaluation": {50051},
+        "prometheus": set(),
         "grafana": {3000},
     }
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]  # ALIGN_ADMIN_BIND default
+    published = {**published, "internal": {9101, 9000, 8000, 8265, 8080, 6379, 9090}}
     readme = (REPO / "deploy" / "README.md").read_text()
     for port in set().union(*published.values()):
         assert str(port) in readme, f"port {port} is not documented in deploy/README.md"
     env = environment(services["evaluation"])
     assert env["ALIGN_EVAL_PORT"] == "50051" and env["ALIGN_EVAL_METRICS_PORT"] == "9101"
-    assert env["ALIGN_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["ALIGN_REDIS_URL"] == f"redis://:{REQUIRED_ENV['REDIS_PASSWORD']}@redis:6379/0"
     serve = yaml.safe_load(SERVE_CONFIG.read_text())
     assert env["ALIGN_EMBEDDER"] == f"grpc://ray-head:{serve['grpc_options']['port']}"
     assert serve["http_options"]["port"] == 8000
+
+
+def test_every_container_is_hardened_and_redis_needs_a_password() -> None:
+    services = load_compose()["services"]
+    for name, service in services.items():
+        assert service.get("read_only") is True, name
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service["deploy"]["resources"]["limits"]["memory"], name
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == REQUIRED_ENV["REDIS_PASSWORD"]
+    assert command[command.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert environment(services["redis"])["REDISCLI_AUTH"] == REQUIRED_ENV["REDIS_PASSWORD"]
+    assert "${REDIS_PASSWORD:?" in COMPOSE.read_text()  # required: compose names it if unset
+    assert "change-me" in " ".join(services["grafana"]["entrypoint"])
+
+
+def test_placeholder_secrets_stop_the_evaluation_service(tmp_path: Path) -> None:
+    env = dict(os.environ, ALIGN_TOKENS="alice:change-me-to-a-long-random-token")
+    result = subprocess.run(
+        [sys.executable, "-m", "align_services.evaluation", "--redis", "off"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "placeholder" in result.stderr
+    env = dict(os.environ, ALIGN_TOKENS="alice:a-real-token-1234567")
+    result = subprocess.run(
+        [sys.executable, "-m", "align_services.evaluation",
+         "--redis", "redis://:change-me-redis@127.0.0.1:1/0"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "placeholder" in result.stderr
 
 
 def test_env_example_sets_every_required_variable() -> None:
@@ -405,7 +443,9 @@ def test_kuberay_evaluation_and_redis_manifests() -> None:
     deployment = docs[("Deployment", "align-evaluation")]
     (c,) = _containers(deployment["spec"]["template"]["spec"])
     env = {e["name"]: e for e in c["env"]}
-    assert env["ALIGN_REDIS_URL"]["value"] == "redis://align-redis:6379/0"
+    assert env["ALIGN_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@align-redis:6379/0"
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "align-redis"
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     target = env["ALIGN_EMBEDDER"]["value"].removeprefix("grpc://")
     service_name, port = target.split(":")
     embedding = docs[("Service", service_name)]
@@ -419,6 +459,16 @@ def test_kuberay_evaluation_and_redis_manifests() -> None:
     assert r["args"][r["args"].index("--appendonly") + 1] == "yes"
     assert r["readinessProbe"] and r["livenessProbe"] and r["resources"]["limits"]
     assert docs[("Service", "align-redis")]["spec"]["ports"][0]["port"] == 6379
+    assert r["args"][r["args"].index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert r["args"][r["args"].index("--maxmemory-policy") + 1] == "allkeys-lru"
+    # a NetworkPolicy: deny by default; Redis only from the evaluation pods
+    deny = docs[("NetworkPolicy", "align-default-deny")]["spec"]
+    assert deny["podSelector"]["matchLabels"] == {"app.kubernetes.io/part-of": "align"}
+    assert deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
+    (rule,) = docs[("NetworkPolicy", "align-redis-ingress")]["spec"]["ingress"]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "align-evaluation"}}}
+    ]
     kustomization = yaml.safe_load((KUBERAY / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(
         p.name for p in KUBERAY.glob("*.yaml") if p.name != "kustomization.yaml"
