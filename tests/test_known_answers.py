@@ -435,3 +435,62 @@ def test_glocal_with_alpha_one_ignores_the_triplet_labels() -> None:
     a = GLocalProbe(**kw).fit(X, T, X_local=L)
     b = GLocalProbe(**kw).fit(X, T[:, [0, 2, 1]], X_local=L)
     np.testing.assert_array_equal(a.weights_, b.weights_)
+
+
+# --------------------------------------------------------------------------- word similarity
+
+
+def _cos(u: np.ndarray, v: np.ndarray) -> float:
+    return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+
+
+def test_word_similarity_fields_are_the_stated_numbers() -> None:
+    # 3 covered pairs (the minimum for a correlation), one of them using the
+    # alphabetically first word, human scores spanning less than 1, a homonym listed
+    # twice (mean of its rows), and one uncovered pair.
+    words = ["ant", "bee", "cat", "dog", "dog", "eel"]
+    E = np.array([[1.0, 0.0], [0.9, 0.3], [0.2, 1.0], [0.0, 1.0], [1.0, 1.0], [0.5, 0.5]])
+    dog = (E[3] + E[4]) / 2
+    pairs = [("bee", "ant"), ("cat", "dog"), ("eel", "bee"), ("ant", "yak")]
+    scores = [0.9, 0.5, 0.2, 0.1]
+    r = word_similarity(E, words, pairs, scores)
+    sims = [_cos(E[1], E[0]), _cos(E[2], dog), _cos(E[5], E[1])]
+    assert r.n_pairs == 4 and r.n_covered == 3 and r.coverage == 0.75
+    assert r.n_words_missing == 1 and r.missing_words == ("yak",)
+    assert r.n_ambiguous_words == 1
+    assert r.spearman == pytest.approx(stats.spearmanr(sims, scores[:3]).statistic)
+    assert r.pearson == pytest.approx(stats.pearsonr(sims, scores[:3]).statistic)
+    assert r.similarity == "cosine"
+    assert (r.n_bootstrap, r.confidence, r.seed) == (1000, 0.95, 0)  # the defaults
+    assert r.ci is not None
+    explicit = word_similarity(E, words, pairs, scores, n_bootstrap=1000, seed=0)
+    assert explicit.ci == r.ci
+
+
+def test_word_similarity_is_undefined_for_constant_scores() -> None:
+    words = ["a", "b", "c", "d"]
+    E = np.array([[1.0, 0.0], [0.9, 0.3], [0.2, 1.0], [0.0, 1.0]])
+    pairs = [("a", "b"), ("b", "c"), ("c", "d")]
+    r = word_similarity(E, words, pairs, [2.0, 2.0, 2.0])
+    assert r.spearman is None and r.pearson is None and r.ci is None
+    assert r.n_covered == 3
+
+
+def test_word_similarity_bootstrap_in_blocks_gives_a_valid_interval() -> None:
+    # Many covered pairs: the resamples are drawn in several blocks (bounded memory);
+    # every resample statistic is a Spearman correlation in [-1, 1] and the interval
+    # brackets the estimate.
+    rng = np.random.default_rng(0)
+    n = 70_000  # 2_000_000 // n = 28 resamples per block
+    words = [f"w{i}" for i in range(2 * n)]
+    E = rng.normal(size=(2 * n, 3))
+    pairs = [(f"w{2 * i}", f"w{2 * i + 1}") for i in range(n)]
+    cos = np.einsum("ij,ij->i", E[0::2], E[1::2]) / (
+        np.linalg.norm(E[0::2], axis=1) * np.linalg.norm(E[1::2], axis=1)
+    )
+    scores = cos + rng.normal(scale=1.0, size=n)
+    r = word_similarity(E, words, pairs, scores, n_bootstrap=60, seed=1)
+    assert r.ci is not None and r.spearman is not None
+    assert -1 <= r.ci[0] < r.spearman < r.ci[1] <= 1
+    se = (1 - r.spearman**2) / np.sqrt(n)  # ~ standard error of a correlation
+    assert r.ci[1] - r.ci[0] < 8 * se
