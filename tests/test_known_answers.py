@@ -494,3 +494,119 @@ def test_word_similarity_bootstrap_in_blocks_gives_a_valid_interval() -> None:
     assert -1 <= r.ci[0] < r.spearman < r.ci[1] <= 1
     se = (1 - r.spearman**2) / np.sqrt(n)  # ~ standard error of a correlation
     assert r.ci[1] - r.ci[0] < 8 * se
+
+
+# --------------------------------------------------------------------------- bootstrap_ci
+
+
+def test_bootstrap_ci_draws_n_indices_in_range_and_follows_the_binomial() -> None:
+    from align.metrics.bootstrap import bootstrap_ci
+
+    values = np.r_[np.ones(200), np.zeros(200)]
+    seen: list[np.ndarray] = []
+
+    def mean(idx: np.ndarray) -> float:
+        seen.append(idx)
+        return float(values[idx].mean())
+
+    ci = bootstrap_ci(mean, 400, n_bootstrap=2000, seed=5)
+    assert len(seen) == 2000
+    assert all(i.shape == (400,) and i.min() >= 0 and i.max() < 400 for i in seen)
+    drawn = np.concatenate(seen)
+    assert drawn.min() == 0 and drawn.max() == 399  # every item can be drawn
+    assert ci is not None
+    assert ci[0] == pytest.approx(binomial_mean_quantiles(400, 0.5, 0.025), abs=0.0051)
+    assert ci[1] == pytest.approx(binomial_mean_quantiles(400, 0.5, 0.975), abs=0.0051)
+
+
+def test_bootstrap_ci_defaults_and_seed() -> None:
+    from align.metrics.bootstrap import bootstrap_ci
+
+    calls = []
+    vals = np.arange(10.0)
+
+    def stat(idx: np.ndarray) -> float:
+        calls.append(1)
+        return float(vals[idx].mean())
+
+    default = bootstrap_ci(stat, 10)
+    assert len(calls) == 1000  # n_bootstrap defaults to 1000
+    assert default == bootstrap_ci(stat, 10, n_bootstrap=1000, confidence=0.95, seed=0)
+    assert bootstrap_ci(stat, 10, seed=3) == bootstrap_ci(stat, 10, seed=3)
+    assert bootstrap_ci(stat, 10, seed=3) != bootstrap_ci(stat, 10, seed=4)
+    assert bootstrap_ci(stat, 10, n_bootstrap=0) is None
+    one = bootstrap_ci(stat, 10, n_bootstrap=1)  # one resample: a degenerate interval
+    assert one is not None and one[0] == one[1]
+    assert bootstrap_ci(lambda idx: 1.0, 1, n_bootstrap=5) == (1.0, 1.0)  # n = 1 is fine
+    from align.errors import InvalidInputError
+
+    for bad in (0, True, 2.0):
+        with pytest.raises(InvalidInputError):
+            bootstrap_ci(stat, bad)  # type: ignore[arg-type]
+
+
+def test_bootstrap_ci_with_groups_draws_whole_groups() -> None:
+    from align.metrics.bootstrap import bootstrap_ci
+
+    # 5 groups of sizes 1..5, labelled out of order
+    sizes = [3, 1, 5, 2, 4]
+    groups = np.repeat(np.array([30, 10, 50, 20, 40]), sizes)
+    members = {g: set(np.flatnonzero(groups == g)) for g in (10, 20, 30, 40, 50)}
+    drawn_groups: list[list[int]] = []
+
+    def stat(idx: np.ndarray) -> float:
+        idx_set = list(idx)
+        got = []
+        # decompose the resample into whole groups
+        counts = {g: sum(1 for i in idx_set if i in m) for g, m in members.items()}
+        for g, c in counts.items():
+            size = len(members[g])
+            assert c % size == 0, "a group was split"
+            got += [g] * (c // size)
+        drawn_groups.append(got)
+        return float(len(idx))
+
+    ci = bootstrap_ci(stat, groups.size, groups=groups, n_bootstrap=400, seed=2)
+    assert ci is not None
+    assert all(len(g) == 5 for g in drawn_groups)  # as many groups as there are
+    assert {g for d in drawn_groups for g in d} == {10, 20, 30, 40, 50}
+
+
+# --------------------------------------------------------------------------- cluster bootstrap
+
+
+def test_distinct_unit_rows_equal_numpy_unique() -> None:
+    # The linear-time distinct rows must equal np.unique(axis=0) (values, order and
+    # counts): the multinomial draws are matched to rows in that order.
+    from align.metrics.bootstrap import _distinct_rows_counts
+
+    rng = np.random.default_rng(0)
+    cases = [
+        np.stack([rng.integers(0, 4, 500), rng.integers(1, 6, 500)], 1).astype(float),
+        np.stack([rng.integers(0, 3, 300) * 0.5, rng.integers(1, 3, 300)], 1).astype(float),
+        np.stack(
+            [rng.integers(-2, 2, 200), rng.integers(0, 2, 200), rng.integers(1, 4, 200)], 1
+        ).astype(float),
+        np.array([[0.0, 1.0]]),
+        np.stack([rng.integers(0, 2**21, 50), np.ones(50)], 1).astype(float),
+    ]
+    for rows in cases:
+        got, counts = _distinct_rows_counts(rows)
+        ref, ref_counts = np.unique(rows, axis=0, return_counts=True)
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(counts, ref_counts)
+
+
+def test_cluster_mean_multinomial_path_has_the_binomial_interval() -> None:
+    # G * n_bootstrap above the explicit-resampling limit: the distinct-rows multinomial
+    # shortcut. 10,000 units of size 2, half all right, half all wrong: a resampled mean
+    # is Binomial(10000, 0.5) / 10000.
+    from align.metrics.bootstrap import cluster_mean
+
+    values = np.repeat(np.r_[np.ones(5000), np.zeros(5000)], 2)
+    groups = np.repeat(np.arange(10_000), 2)
+    r = cluster_mean(values, groups, n_bootstrap=2500, seed=1)
+    assert r.value == 0.5 and r.n_units == 10_000 and r.n_values == 20_000
+    assert r.ci is not None
+    assert r.ci[0] == pytest.approx(binomial_mean_quantiles(10_000, 0.5, 0.025), abs=0.0015)
+    assert r.ci[1] == pytest.approx(binomial_mean_quantiles(10_000, 0.5, 0.975), abs=0.0015)
