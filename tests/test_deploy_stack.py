@@ -41,6 +41,10 @@ DATA_DIR = Path(os.environ.get("ALIGN_DATA_DIR", REPO.parent / "shared" / "data"
 MODEL = "timm/tf_efficientnet_lite0"
 DATASET = "things48"  # 48 real images and a human RDM: small enough for 2 CPUs
 OPTIONS = {"n_bootstrap": 50}
+#: Ports the services listen on inside the compose network (docker-compose.yml publishes
+#: only the evaluation gRPC port and Grafana's).
+INTERNAL_PORTS = {("redis", 6379), ("ray-head", 9000), ("ray-head", 8000), ("ray-head", 8265),
+                  ("ray-head", 8080), ("evaluation", 50051), ("evaluation", 9101)}  # fmt: skip
 #: Metrics only a node with GPUs exports (Ray's reporter agent); looked up in Ray instead.
 GPU_ONLY = {"ray_node_gram_used", "ray_node_gram_available", "ray_node_gpus_utilization"}
 
@@ -172,13 +176,20 @@ def compose_stack() -> Iterator[Stack]:
 
     token = secrets.token_hex(16)
     compose = load_compose(
-        env={"ALIGN_TOKENS": f"deploy-test:{token}", "GRAFANA_ADMIN_PASSWORD": "unused"}
+        env={
+            "ALIGN_TOKENS": f"deploy-test:{token}",
+            "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(8),
+            "REDIS_PASSWORD": secrets.token_hex(8),
+        }
     )["services"]
-    ports = {
-        (name, int(p.split(":")[-1])): free_port()
+    # every port a service listens on, published or only on the compose network
+    listening = {
+        (name, int(p.split(":")[-1].split("/")[0]))
         for name, service in compose.items()
         for p in service.get("ports", [])
     }
+    listening |= INTERNAL_PORTS
+    ports = {key: free_port() for key in sorted(listening)}
     # short path: Ray's unix sockets live under its temp dir
     tmp = Path(tempfile.mkdtemp(prefix="aldep"))
     stack = Stack(tmp=tmp, ports=ports, compose=compose, token=token)
@@ -251,6 +262,7 @@ def compose_stack() -> Iterator[Stack]:
                 "ALIGN_EVAL_HOST": "127.0.0.1",
                 "ALIGN_EVAL_PORT": str(stack.port("evaluation", 50051)),
                 "ALIGN_EVAL_METRICS_PORT": str(stack.port("evaluation", 9101)),
+                "ALIGN_EVAL_METRICS_HOST": "127.0.0.1",
                 "ALIGN_HEALTH_HOST": "127.0.0.1",
             },
         )
@@ -282,7 +294,13 @@ def scrape(url: str) -> set[str]:
 def test_compose_environment_reaches_the_services(compose_stack: Stack) -> None:
     env = compose_stack.env["evaluation"]
     assert env["ALIGN_EMBEDDER"] == f"grpc://127.0.0.1:{compose_stack.port('ray-head', 9000)}"
-    assert env["ALIGN_REDIS_URL"] == f"redis://127.0.0.1:{compose_stack.port('redis', 6379)}/0"
+    # the password (docker-compose.yml requires one) sits before the host
+    redis_url = env["ALIGN_REDIS_URL"]
+    assert (
+        redis_url.startswith("redis://")
+        and redis_url.rsplit("@", 1)[-1].removeprefix("redis://")
+        == f"127.0.0.1:{compose_stack.port('redis', 6379)}/0"
+    )
     assert env["ALIGN_DATA_DIR"] == str(DATA_DIR)
 
 
