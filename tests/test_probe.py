@@ -377,3 +377,203 @@ def test_cross_validation_warm_start_picks_the_cold_start_lambda(planted):
     cold = cross_validate_probe(X, trip, warm_start=False, **kw)
     assert warm.lambda_ == cold.lambda_
     assert warm.cross_entropy <= cold.cross_entropy + 1e-3
+
+
+# ---------------------------------------------------------------------------- estimator API
+
+
+def test_params_come_from_the_signature_and_clone_round_trips():
+    from align.metrics.glocal import GLocalProbe
+    from align.metrics.probe import clone
+
+    names = TripletProbe.param_names()
+    assert names[:3] == ("reg", "reg_kind", "init") and "reduce" in names and "self" not in names
+    # gLocal: its own three, then every TripletProbe parameter (its **probe_params)
+    assert GLocalProbe.param_names() == ("alpha", "temperature", "local_batch_size", *names)
+    probe = TripletProbe(reg=0.5, normalize=True, max_iter=7)
+    params = probe.get_params()
+    assert set(params) == set(names) and params["reg"] == 0.5 and params["max_iter"] == 7
+    twin = clone(probe)
+    assert type(twin) is TripletProbe and twin is not probe
+    assert twin.get_params() == params and not hasattr(twin, "weights_")
+    g = GLocalProbe(alpha=0.2, reg=0.3)
+    g2 = clone(g).set_params(alpha=0.7)
+    assert type(g2) is GLocalProbe and g2.alpha == 0.7 and g.alpha == 0.2 and g2.reg == 0.3
+    assert repr(g).startswith("GLocalProbe(alpha=0.2")
+    with pytest.raises(InvalidInputError, match="colour"):
+        probe.set_params(colour="red")
+
+
+def test_init_only_stores_and_fit_checks():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 5))
+    t = np.stack([rng.choice(30, 3, replace=False) for _ in range(60)])
+    bad = {"reg": -1.0, "tau": 0.0, "optimizer": "sgd", "max_iter": 0, "val_fraction": 1.0}
+    for name, value in bad.items():
+        probe = TripletProbe(**{name: value})  # no check here (scikit-learn's rule)
+        assert getattr(probe, name) == value
+        with pytest.raises(InvalidInputError, match=name) as err:
+            probe.fit(X, t)
+        assert err.value.field == name
+    with pytest.raises(InvalidInputError, match="normalize"):
+        TripletProbe(normalize=1).fit(X, t)  # 1 is not a flag
+
+
+def test_cross_validate_clones_per_lambda_and_leaves_the_estimator_alone(planted):
+    from align.metrics.probe import cross_validate
+
+    X, _, trip = planted
+    fitted: list[tuple[int, float]] = []
+
+    class Recording(TripletProbe):
+        def fit(self, *args, **kwargs):
+            fitted.append((id(self), self.reg))
+            return super().fit(*args, **kwargs)
+
+    est = Recording(reg=123.0, max_iter=30)
+    lambdas = (1e-1, 1e-2)
+    search = cross_validate(est, X, trip, lambdas=lambdas, cv=ObjectKFold(3, 0))
+    assert est.get_params() == Recording(reg=123.0, max_iter=30).get_params()
+    assert not hasattr(est, "weights_")  # never fitted
+    assert len(fitted) == 3 * len(lambdas) + 1  # every (fold, lambda) + the refit
+    assert len({i for i, _ in fitted}) == len(fitted)  # a fresh clone each time
+    assert sorted(r for _, r in fitted[:-1]) == sorted(list(lambdas) * 3)
+    assert fitted[-1][1] == search.lambda_ and search.estimator.reg == search.lambda_
+    assert type(search.estimator) is Recording
+    # the classic entry point gives the same numbers as the generic one
+    res = cross_validate_probe(X, trip, lambdas=lambdas, k=3, seed=0, max_iter=30)
+    assert res.lambda_ == search.lambda_
+    assert res.cross_entropy == float(search.mean_cross_entropy[search.best])
+    np.testing.assert_array_equal(res.probe.weights_, search.estimator.weights_)
+
+
+def test_glocal_through_the_generic_cv_equals_a_hand_written_loop(planted):
+    """gLocal is just another estimator plus a training-set hook (its unlabeled rows are
+    the training objects' features): the generic CV gives exactly what fitting every
+    (lambda, fold) by hand gives."""
+    from align.metrics.glocal import GLocalProbe
+    from align.metrics.probe import cross_validate
+
+    X, _, trip = planted
+    X = X.copy()
+    X[[4, 9]] = np.nan  # missing stimuli: their triplets are dropped
+    trip = trip[:1500]
+    lambdas = (1e-1, 1e-3)
+    opts = {"alpha": 0.3, "temperature": 0.2, "local_batch_size": 64, "max_iter": 25}
+    kf = ObjectKFold(3, 1)
+
+    def hook(fold, objects, real):
+        return real, {"X_local": X[objects]}
+
+    search = cross_validate(
+        GLocalProbe(seed=1, **opts), X, trip, lambdas=lambdas, cv=kf, training_set=hook
+    )
+    # by hand
+    keep = ~np.isnan(X).all(axis=1)[trip].any(axis=1)
+    kept = trip[keep]
+    present = np.flatnonzero(~np.isnan(X).all(axis=1))
+    ce = np.zeros((2, 3))
+    acc = np.zeros((2, 3))
+    for i, ((train, test), held) in enumerate(
+        zip(kf.split(X.shape[0], kept), kf.object_folds(X.shape[0]), strict=True)
+    ):
+        local = X[np.setdiff1d(present, held)]
+        for j, lam in enumerate(lambdas):
+            g = GLocalProbe(seed=1, reg=lam, **opts).fit(X, kept[train], X_local=local)
+            ce[j, i] = g.loss(X, kept[test])
+            acc[j, i] = g.score(X, kept[test])
+    np.testing.assert_array_equal(search.cross_entropy, ce)
+    np.testing.assert_array_equal(search.accuracy, acc)
+    assert search.n_dropped == int((~keep).sum()) > 0
+    best = int(np.argmin(ce.mean(axis=1)))
+    final = GLocalProbe(seed=1, reg=lambdas[best], **opts).fit(X, kept, X_local=X[present])
+    np.testing.assert_array_equal(search.estimator.weights_, final.weights_)
+
+
+def test_reporting_probe_numbers_equal_the_old_lambda_fold_loop(data_dir):
+    """reporting.probing.heldout_probe now runs through metrics.probe.cross_validate; its
+    numbers equal, bit for bit, those of the loop it used to carry (written out here),
+    on real data: SPoSE projected on 6 principal components, the THINGS responses,
+    human and simulated supervision and the gLocal variant."""
+    from align.metrics.glocal import GLocalProbe
+    from align.reporting.probing import PROBE_FIT, fit_pca, heldout_probe, simulate_triplets
+
+    Y = spose(data_dir)
+    T = things_triplets(data_dir)
+    Z = fit_pca(Y, 6).project(Y)
+    Z[[3, 40]] = np.nan
+    lambdas, k, seed = (1.0, 1e-2), 3, 0
+    for simulate, alpha in ((False, 0.0), (True, 0.0), (True, 0.1)):
+        res = heldout_probe(
+            Z,
+            T,
+            label="x",
+            simulate_from=Y if simulate else None,
+            n_simulated=600,
+            lambdas=lambdas,
+            k=k,
+            seed=seed,
+            alpha=alpha,
+            n_threads=1,
+        )
+        # the old loop
+        missing = np.isnan(Z).all(axis=1)
+        trip = T[~missing[T].any(axis=1)]
+        folds = ObjectKFold(k, seed).object_folds(Z.shape[0])
+        splits = ObjectKFold(k, seed).split(Z.shape[0], trip)
+
+        def make(lam, alpha=alpha):
+            if alpha > 0:
+                return GLocalProbe(
+                    alpha=alpha, local_batch_size=256, reg=lam, seed=seed, n_threads=1, **PROBE_FIT
+                )
+            return TripletProbe(reg=lam, seed=seed, n_threads=1, **PROBE_FIT)
+
+        def fit(probe, objs, t, alpha=alpha):
+            return probe.fit(Z, t, X_local=Z[objs]) if alpha > 0 else probe.fit(Z, t)
+
+        sets = []
+        for i, (train_idx, _) in enumerate(splits):
+            objs = np.setdiff1d(np.flatnonzero(~missing), folds[i])
+            t = simulate_triplets(Y, objs, 600, seed + i) if simulate else trip[train_idx]
+            sets.append((objs, t))
+        ce = np.zeros((2, k))
+        acc = np.zeros((2, k))
+        for j, lam in enumerate(lambdas):
+            for i, (_, test_idx) in enumerate(splits):
+                probe = fit(make(lam), *sets[i])
+                ce[j, i] = probe.loss(Z, trip[test_idx])
+                acc[j, i] = float((probe.predict(Z, trip[test_idx]) == 2).mean())
+        best = int(np.argmin(ce.mean(axis=1)))
+        assert res.lambda_ == lambdas[best]
+        # (the headline accuracy pools the folds' responses; the per-fold and per-lambda
+        # numbers are the loop's)
+        assert [f["accuracy"] for f in res.folds] == acc[best].tolist()
+        assert [c["accuracy"] for c in res.cv] == acc.mean(axis=1).tolist()
+        assert [c["cross_entropy"] for c in res.cv] == ce.mean(axis=1).tolist()
+        assert res.correct.mean() == pytest.approx(res.accuracy, abs=1e-12)
+        assert res.cross_entropy == float(ce.mean(axis=1)[best])
+        assert [f["cross_entropy"] for f in res.folds] == ce[best].tolist()
+        assert [f["n_train"] for f in res.folds] == [len(s[1]) for s in sets]
+        all_objs = np.flatnonzero(~missing)
+        all_t = simulate_triplets(Y, all_objs, 600, seed + k) if simulate else trip
+        final = fit(make(lambdas[best]), all_objs, all_t)
+        np.testing.assert_array_equal(res.probe.weights_, final.weights_)
+
+
+def test_empty_triplets_are_refused_everywhere_with_one_message():
+    from align.metrics.oddoneout import odd_one_out
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 4))
+    empty = np.zeros((0, 3), dtype=np.int64)
+    calls = [
+        lambda: odd_one_out(X, empty),
+        lambda: ObjectKFold(3, 0).split(12, empty),
+        lambda: TripletProbe().fit(X, empty),
+        lambda: cross_validate_probe(X, empty),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidInputError) as err:
+            call()
+        assert (err.value.field, err.value.problem) == ("triplets", "is empty")
