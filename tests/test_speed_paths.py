@@ -69,6 +69,25 @@ def test_reduction_cache_gives_the_recomputed_fit_bit_for_bit(data_dir, monkeypa
     assert abs(full.loss(X, trip[test]) - red.loss(X, trip[test])) < 1e-4
 
 
+def test_folds_in_threads_give_the_serial_search(data_dir):
+    """cross_validate(n_jobs=3): the three folds in threads (one torch thread each here)
+    give the serial search's numbers exactly, on real SPoSE features and responses."""
+    from align.metrics.probe import cross_validate
+
+    spose = np.loadtxt(data_dir / "things_spose66d" / "spose_embedding_66d.txt")
+    _, trip = _things(data_dir)
+    est = TripletProbe(dtype="float32", max_iter=20, seed=0)
+    kw = {"lambdas": (1.0, 1e-2), "cv": ObjectKFold(3, 0), "refit": False}
+    serial = cross_validate(est, spose, trip, n_jobs=1, **kw)
+    threaded = cross_validate(est, spose, trip, n_jobs=3, **kw)
+    assert np.array_equal(serial.cross_entropy, threaded.cross_entropy)
+    assert np.array_equal(serial.n_iter, threaded.n_iter)
+    for a, b in zip(serial.correct, threaded.correct, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    with pytest.raises(InvalidInputError, match="n_jobs"):
+        cross_validate(est, spose, trip, n_jobs=0, **kw)
+
+
 def test_reduction_cache_keys_on_content_not_identity():
     rng = np.random.default_rng(1)
     rows, W0 = rng.normal(size=(5, 9)), rng.normal(size=(9, 9))
