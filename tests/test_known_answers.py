@@ -610,3 +610,104 @@ def test_cluster_mean_multinomial_path_has_the_binomial_interval() -> None:
     assert r.ci is not None
     assert r.ci[0] == pytest.approx(binomial_mean_quantiles(10_000, 0.5, 0.025), abs=0.0015)
     assert r.ci[1] == pytest.approx(binomial_mean_quantiles(10_000, 0.5, 0.975), abs=0.0015)
+
+
+# ------------------------------------------------------------------- bootstrap_mean_ci paths
+
+
+def test_resample_indices_plain_and_grouped() -> None:
+    from align.metrics.bootstrap import resample_indices
+
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([resample_indices(rng, 7) for _ in range(300)])
+    assert draws.size == 2100 and set(draws.tolist()) == set(range(7))
+    groups = np.array([2, 2, 0, 1, 1, 1])
+    for _ in range(200):
+        idx = resample_indices(rng, 6, groups)
+        labels, counts = np.unique(groups[idx], return_counts=True)
+        size = {0: 1, 1: 3, 2: 2}
+        assert all(c % size[g] == 0 for g, c in zip(labels.tolist(), counts.tolist(), strict=True))
+        assert sum(c // size[g] for g, c in zip(labels.tolist(), counts.tolist(), strict=True)) == 3
+
+
+@pytest.mark.parametrize(
+    ("values", "groups", "expected"),
+    [
+        # two units: a resampled mean is lo, mid or hi with probability 1/4, 1/2, 1/4,
+        # so the 95 % percentile interval is exactly (lo, hi)
+        (np.array([0.25, 0.75]), None, (0.25, 0.75)),  # non-integer values, no groups
+        (np.array([-0.5, 0.5]), None, (-0.5, 0.5)),  # negative values
+        (np.array([0.25, 0.25, 0.75, 0.75]), np.array([0, 0, 1, 1]), (0.25, 0.75)),
+        # large integer sums (codes above the bincount limit): 1000 and 3000 right of
+        # 4000 responses each
+        (
+            np.r_[np.ones(1000), np.zeros(3000), np.ones(3000), np.zeros(1000)],
+            np.repeat([0, 1], 4000),
+            (0.25, 0.75),
+        ),
+    ],
+)
+def test_bootstrap_mean_ci_two_units_exact_interval(values, groups, expected) -> None:
+    from align.metrics.bootstrap import bootstrap_mean_ci
+
+    ci = bootstrap_mean_ci(values, groups=groups, n_bootstrap=2000, seed=0)
+    assert ci == pytest.approx(expected, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- oddoneout API details
+
+
+def test_pairwise_triplet_similarities_are_the_stated_formulas() -> None:
+    from align.metrics.oddoneout import pairwise_triplet_similarities
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 4))
+    X[5] = np.nan  # a missing stimulus
+    T = np.array([[0, 1, 2], [3, 4, 0], [1, 5, 2]])
+
+    def ref(kind: str) -> np.ndarray:
+        def s(u, v):
+            if kind == "dot":
+                return u @ v
+            if kind == "cosine":
+                return u @ v / np.linalg.norm(u) / np.linalg.norm(v)
+            return -np.linalg.norm(u - v)
+
+        return np.array([[s(X[a], X[b]), s(X[a], X[c]), s(X[b], X[c])] for a, b, c in T[:2]])
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = pairwise_triplet_similarities(X, T)
+        cosine = pairwise_triplet_similarities(X, T, similarity="cosine")
+        for kind in ("cosine", "dot", "euclidean"):
+            got = pairwise_triplet_similarities(X, T, similarity=kind)
+            np.testing.assert_allclose(got[:2], ref(kind), rtol=1e-12)
+            assert np.isnan(got[2]).all()  # touches the missing stimulus
+    np.testing.assert_array_equal(default, cosine)  # cosine is the default
+
+
+def test_noise_ceiling_rejects_what_is_not_triplets() -> None:
+    from align.errors import InvalidInputError
+    from align.metrics.oddoneout import loo_noise_ceiling, noise_ceiling
+
+    for fn in (noise_ceiling, loo_noise_ceiling):
+        with pytest.raises(InvalidInputError) as info:
+            fn(np.array([[0, 1, 2]] * 2), convention="odd")  # type: ignore[arg-type]
+        assert info.value.field == "convention"
+        for bad in (np.empty((0, 3), dtype=np.int64), np.array([["a", "b", "c"]] * 2)):
+            with pytest.raises(InvalidInputError):
+                fn(bad)
+
+
+def test_anchor_accuracy_defaults_and_given_ceiling() -> None:
+    from align.metrics.oddoneout import anchor_accuracy
+
+    X, T = repeated_triplets(40, 1, 30)
+    r = anchor_accuracy(X, T)
+    assert (r.n_bootstrap, r.seed, r.confidence, r.clip_normalized) == (1000, 0, 0.95, False)
+    assert r == anchor_accuracy(X, T, n_bootstrap=1000, seed=0, clip_normalized=False)
+    given = anchor_accuracy(X, T, ceiling=0.9)
+    assert given.ceiling == 0.9 and given.ceiling_source == "given"
+    assert given.normalized == pytest.approx((0.75 - 0.5) / (0.9 - 0.5))
