@@ -711,3 +711,42 @@ def test_anchor_accuracy_defaults_and_given_ceiling() -> None:
     given = anchor_accuracy(X, T, ceiling=0.9)
     assert given.ceiling == 0.9 and given.ceiling_source == "given"
     assert given.normalized == pytest.approx((0.75 - 0.5) / (0.9 - 0.5))
+
+
+def test_odd_one_out_defaults_ceiling_checks_ties_and_drops() -> None:
+    import warnings
+
+    from align.errors import InvalidInputError
+    from align.metrics.oddoneout import MissingStimuliWarning
+
+    X, T = repeated_triplets(30, 1, 20)
+    r = odd_one_out(X, T)
+    assert (r.n_bootstrap, r.seed) == (1000, 0)
+    assert r == odd_one_out(X, T, n_bootstrap=1000, seed=0)
+    # ceiling: (1/3, 1] only, no booleans
+    assert odd_one_out(X, T, ceiling=1.0, n_bootstrap=0).ceiling == 1.0
+    for bad in (True, 1 / 3, 1.5):
+        with pytest.raises(InvalidInputError) as info:
+            odd_one_out(X, T, ceiling=bad, n_bootstrap=0)
+        assert info.value.field == "ceiling"
+    # a full three-way tie is wrong even when the human's odd one out is object 1
+    same = np.ones((3, 2))
+    tie = odd_one_out(same, np.array([[0, 2, 1], [2, 0, 1]]), n_bootstrap=0)
+    assert tie.accuracy == 0.0 and tie.n_full_ties == 2
+    # a prediction of position 0 is not a tie
+    X2 = np.array([[0.0, 1.0], [1.0, 0.0], [0.9, 0.1]])  # pair (1, 2) closest: odd one 0
+    no_tie = odd_one_out(X2, np.array([[1, 2, 0]]), n_bootstrap=0)
+    assert no_tie.accuracy == 1.0 and no_tie.n_full_ties == 0
+    # exactly one dropped response: scored on the others, and warned about
+    Xm = np.vstack([X, np.full((1, 2), np.nan)])
+    Tm = np.vstack([T, [[0, 1, Xm.shape[0] - 1]]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dropped = odd_one_out(Xm, Tm, n_bootstrap=0)
+    assert any(issubclass(w.category, MissingStimuliWarning) for w in caught)
+    assert dropped.n_dropped == 1 and dropped.n_responses == len(T)
+    assert dropped.accuracy == r.accuracy
+    # distinct triplets answered exactly twice are repeated: cluster unit, data ceiling
+    X3, T3 = repeated_triplets(20, 2, 10)
+    twice = odd_one_out(X3, T3, n_bootstrap=10)
+    assert twice.bootstrap_unit == "distinct triplet" and twice.ceiling == 1.0
