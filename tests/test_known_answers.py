@@ -750,3 +750,37 @@ def test_odd_one_out_defaults_ceiling_checks_ties_and_drops() -> None:
     X3, T3 = repeated_triplets(20, 2, 10)
     twice = odd_one_out(X3, T3, n_bootstrap=10)
     assert twice.bootstrap_unit == "distinct triplet" and twice.ceiling == 1.0
+
+
+# --------------------------------------------------------------------------- concepts
+
+
+def test_concept_best_and_worst_rank_by_accuracy_with_a_triplet_minimum() -> None:
+    from align.metrics.concepts import ConceptAccuracy, ConceptResult
+
+    rows = (
+        ConceptAccuracy(0, "a", 10, 0.9, None),
+        ConceptAccuracy(1, "b", 1, 1.0, None),  # few triplets
+        ConceptAccuracy(2, "c", 10, 0.2, None),
+        ConceptAccuracy(3, "d", 0, None, None),  # no triplets
+        ConceptAccuracy(4, "e", 10, 0.0, None),  # a real zero, not missing
+        ConceptAccuracy(5, "f", 10, 0.9, None),  # tie with 0: lower dimension first
+    )
+    res = ConceptResult(rows, 0.5, None, 41, 0, 6, "cosine", "features")
+    assert [c.dimension for c in res.best(k=6)] == [1, 0, 5, 2, 4]
+    assert [c.dimension for c in res.best(k=6, min_triplets=10)] == [0, 5, 2, 4]
+    assert [c.dimension for c in res.best(k=6, min_triplets=1)] == [1, 0, 5, 2, 4]
+    assert [c.dimension for c in res.worst(k=6)] == [4, 2, 0, 5, 1]
+    assert [c.dimension for c in res.worst(k=2, min_triplets=10)] == [4, 2]
+
+
+def test_name_dimensions_handles_a_constant_dimension() -> None:
+    from align.metrics.concepts import name_dimensions
+
+    rng = np.random.default_rng(0)
+    S = rng.random((50, 3))
+    V = np.stack([S[:, 2] * 2 + 1, np.full(50, 0.5), S[:, 0]], axis=1)  # dim 1 constant
+    names = name_dimensions(V, S, ["x", "y", "z"])
+    assert [n.spose_dimension for n in names][::2] == [2, 0]
+    assert names[0].match_r == pytest.approx(1.0) and names[2].match_r == pytest.approx(1.0)
+    assert names[1].match_r == 0.0  # a constant dimension correlates with nothing
