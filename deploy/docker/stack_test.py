@@ -706,10 +706,14 @@ def main() -> int:
         check_disk()
         times = build_images()
         tmp = Path(tempfile.mkdtemp(prefix="align-stacktest-"))
-        stack = Stack(tmp)
-        log(f"ports: {stack.ports}")
-        stack.resolve()
-        stack.check_overrides()
+        try:
+            stack = Stack(tmp)
+            log(f"ports: {stack.ports}")
+            stack.resolve()
+            stack.check_overrides()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         stack.down(volumes=True)  # leftovers of an interrupted run
         try:
             t = time.monotonic()
