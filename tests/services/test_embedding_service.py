@@ -234,23 +234,30 @@ def test_replica_killed_mid_run_requests_complete_with_same_numbers(
     expected = _in_process(TINY, blobs)
     victim = _embedder_stats()["actor_name"]
     results: list[Any] = []
+    calls: list[tuple[float, float]] = []  # (start, end) of each call, monotonic
+    second_started = threading.Event()
 
     def run() -> None:
-        for _ in range(4):
+        for i in range(4):
+            start = time.monotonic()
+            if i == 1:
+                second_started.set()  # kill during the second call
             try:
                 results.append(_matrix(_embed(serve_embedding, request, retries=30)))
             except Exception as e:
                 results.append(e)
+            calls.append((start, time.monotonic()))
 
     worker = threading.Thread(target=run)
     worker.start()
-    while not results and worker.is_alive():  # kill during the second call
-        time.sleep(0.05)
-    time.sleep(0.2)
+    assert second_started.wait(300), "the first call never finished"
+    killed_at = time.monotonic()
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=False)
     worker.join(timeout=300)
     assert not worker.is_alive()
     assert len(results) == 4
+    # the kill was issued while the second call was running (not between calls)
+    assert calls[1][0] <= killed_at < calls[1][1], (killed_at, calls)
     for out in results:
         assert isinstance(out, np.ndarray), out
         assert np.array_equal(out, expected)
