@@ -784,3 +784,37 @@ def test_name_dimensions_handles_a_constant_dimension() -> None:
     assert [n.spose_dimension for n in names][::2] == [2, 0]
     assert names[0].match_r == pytest.approx(1.0) and names[2].match_r == pytest.approx(1.0)
     assert names[1].match_r == 0.0  # a constant dimension correlates with nothing
+
+
+def test_scores_do_not_depend_on_how_large_the_object_indices_are() -> None:
+    # Over 1.1 million objects the grouping keys of (object, object, object, answer)
+    # no longer fit int64 and another code path groups the responses; relabelling the
+    # objects must not change any number.
+    rng = np.random.default_rng(0)
+    small_X = rng.normal(size=(6, 3))
+    small_T = np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0], [3, 4, 5], [4, 5, 3], [5, 3, 4]] * 3)
+    small_T = np.vstack([small_T, [[0, 4, 5], [1, 3, 2]]])
+    n = 1_200_000
+    where = np.array([5, 1_199_999, 17, 600_000, 3, 1_000_001])  # object i -> row where[i]
+    big_X = np.zeros((n, 3))
+    big_X[where] = small_X
+    big_T = where[small_T]
+    for variant in ("responses", "majority"):
+        a = odd_one_out(small_X, small_T, variant=variant, n_bootstrap=50, seed=1)
+        b = odd_one_out(big_X, big_T, variant=variant, n_bootstrap=50, seed=1)
+        # (the interval's resamples follow the order of the distinct triplets, which
+        # the labels decide, so only its existence is compared)
+        assert a.accuracy == pytest.approx(b.accuracy, abs=1e-12)  # summation order
+        assert (a.ceiling, a.n_distinct, a.n_triplets) == (b.ceiling, b.n_distinct, b.n_triplets)
+        assert b.ci is not None and b.ci[0] <= b.accuracy <= b.ci[1]
+
+
+def test_anchor_exact_tie_is_wrong_and_counted() -> None:
+    from align.metrics.oddoneout import anchor_accuracy
+
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [0.9, 0.1]])
+    # anchor 0: s(0, 1) == s(0, 2) == 0, an exact tie, whichever is called closer
+    T = np.array([[0, 1, 2], [0, 2, 1], [0, 3, 1]])
+    r = anchor_accuracy(X, T, n_bootstrap=0)
+    assert r.n_full_ties == 2
+    assert r.accuracy == pytest.approx(1 / 3)  # only the untied (0, 3, 1) is right
