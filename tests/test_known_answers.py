@@ -818,3 +818,24 @@ def test_anchor_exact_tie_is_wrong_and_counted() -> None:
     r = anchor_accuracy(X, T, n_bootstrap=0)
     assert r.n_full_ties == 2
     assert r.accuracy == pytest.approx(1 / 3)  # only the untied (0, 3, 1) is right
+
+
+def test_bootstrap_mean_ci_string_labels_and_many_distinct_values() -> None:
+    from align.metrics.bootstrap import bootstrap_mean_ci
+
+    vals = np.r_[np.ones(30), np.zeros(30)]
+    ints = np.repeat(np.arange(20), 3)
+    names = np.array([f"t{g:02d}" for g in ints])  # labels that are not integers
+    assert bootstrap_mean_ci(vals, groups=names, seed=4) == bootstrap_mean_ci(
+        vals, groups=ints, seed=4
+    )
+    default = bootstrap_mean_ci(vals)
+    assert default == bootstrap_mean_ci(vals, n_bootstrap=1000, seed=0)
+    # > 4096 distinct unit values: units resampled one by one; the interval is the
+    # normal one, mean +- 1.96 sd / sqrt(n), within Monte-Carlo error
+    x = np.random.default_rng(0).random(6000)
+    ci = bootstrap_mean_ci(x, n_bootstrap=2000, seed=1)
+    assert ci is not None
+    half = 1.959964 * x.std() / np.sqrt(x.size)
+    assert ci[0] == pytest.approx(x.mean() - half, abs=0.15 * half)
+    assert ci[1] == pytest.approx(x.mean() + half, abs=0.15 * half)
