@@ -729,3 +729,46 @@ def test_remote_client_uploads_a_folder_and_a_repeat_sends_only_the_digest(
     embedded = align.score(X, str(folder), metrics=["rsa"], cache=False, n_bootstrap=50)
     assert first.metrics == second.metrics == embedded.metrics
     assert first.dataset.startswith("upload:")
+
+
+def test_a_job_past_its_time_budget_is_stopped_with_a_clear_error(
+    eval_service: Any, spose_npy: Path
+):
+    from align_services.evaluation.limits import Limits, Policy
+
+    server = eval_service(policy=Policy(limits=Limits(job_timeout_s=1.0)))
+    gated = GatedFeatures(spose_npy)  # its embedding waits until the gate opens: forever here
+    try:
+        request = align_pb2.ScoreRequest(
+            model=gated.id, dataset="things", options_json=GOOD_OPTIONS
+        )
+        with grpc.insecure_channel(server.address) as channel:
+            stub = align_pb2_grpc.EvaluationServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.Score(request, metadata=[("authorization", f"Bearer {ALICE}")],
+                                timeout=120))  # fmt: skip
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "time budget" in info.value.details()
+    finally:
+        gated.open()
+
+
+def test_cache_ttl_expires_reports_and_embeddings(
+    eval_service: Any, redis_server: Any, spose_npy: Path
+):
+    import redis
+    from align.models import register_model
+
+    register_model("test/ttl-spose66", f"features:{spose_npy}")
+    server = eval_service(report_ttl_s=600, embedding_ttl_s=600)
+    request = align_pb2.ScoreRequest(
+        model="test/ttl-spose66", dataset="things", options_json=GOOD_OPTIONS
+    )
+    with grpc.insecure_channel(server.address) as channel:
+        stub = align_pb2_grpc.EvaluationServiceStub(channel)
+        last = list(stub.Score(request, metadata=[("authorization", f"Bearer {ALICE}")],
+                               timeout=120))[-1]  # fmt: skip
+    r = redis.Redis.from_url(redis_server.url)
+    assert 0 < r.ttl(f"align:v1:report:{last.report_key}") <= 600
+    (emb,) = list(r.scan_iter("align:v1:emb:*"))
+    assert 0 < r.ttl(emb) <= 600
