@@ -147,3 +147,56 @@ def test_bad_inputs_are_named(concept_order: tuple[np.ndarray, np.ndarray, np.nd
     with pytest.raises(InvalidInputError) as info:
         concept_of_triplets(vice[:, :0], T)
     assert info.value.field == "vice"
+
+
+# -- intervals, distinct triplets, a reference, names from data (issue 11) ---------------
+
+
+def test_per_dimension_interval_is_the_distinct_triplet_cluster_bootstrap(
+    concept_order: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    from align.metrics.bootstrap import cluster_mean, distinct_triplet_groups
+
+    T, vice, spose = concept_order
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(vice.shape[0], 12))
+    res = per_concept_accuracy(X, T, vice, reference=spose, n_bootstrap=200, seed=5)
+    correct = (predict_odd_one_out(X, T) == 2).astype(float)
+    ref_correct = (predict_odd_one_out(spose, T, "dot") == 2).astype(float)
+    groups = distinct_triplet_groups(T)
+    concepts = concept_of_triplets(vice, T)
+    checked = 0
+    for row in res.concepts:
+        sel = concepts == row.dimension
+        if not sel.any():
+            assert row.accuracy is None and row.ci is None and row.n_distinct == 0
+            continue
+        est = cluster_mean(correct[sel], groups[sel], n_bootstrap=200, seed=5)
+        assert row.accuracy == pytest.approx(est.value) and row.ci == pytest.approx(est.ci)
+        assert row.n_distinct == len({tuple(sorted(t)) for t in T[sel].tolist()})
+        assert row.n_distinct <= row.n_triplets
+        assert row.reference_accuracy == pytest.approx(ref_correct[sel].mean())
+        checked += 1
+    assert checked >= 10
+    # the 20,000 responses sit on 1,000 distinct triplets: far fewer units than responses
+    assert sum(r.n_distinct for r in res.concepts) < 0.2 * res.n_triplets
+
+
+def test_vice_dimensions_are_named_by_the_best_matching_spose_label(
+    concept_order: tuple[np.ndarray, np.ndarray, np.ndarray], data_dir: Path
+) -> None:
+    from align.metrics.concepts import name_dimensions
+
+    _, vice, spose = concept_order
+    path = _need(data_dir / "things_spose66d" / "labels_spose_66d_short.txt")
+    labels = [x.strip() for x in path.read_text().splitlines() if x.strip()]
+    names = name_dimensions(vice, spose, labels)
+    assert len(names) == vice.shape[1]
+    for n in names[:5]:  # independent check: Pearson over objects, argmax over SPoSE dims
+        r = [np.corrcoef(vice[:, n.dimension], spose[:, j])[0, 1] for j in range(66)]
+        assert n.spose_dimension == int(np.argmax(r))
+        assert n.match_r == pytest.approx(max(r), abs=1e-9)
+        assert n.label == labels[n.spose_dimension]
+    got = {n.label for n in names if n.match_r > 0.7}
+    # VICE and SPoSE were fitted to the same kind of data: food and animals reappear
+    assert {"food-related", "animal-related"} <= got
