@@ -29,6 +29,7 @@ class RowsEmbeddingService(align_pb2_grpc.EmbeddingServiceServicer):
         from align.models import get_spec
         from align.results import to_jsonable
 
+        self.model_id = model_id  # the id this server offers (an operator alias of a spec)
         self.spec = get_spec(model_id)
         self.pre = json.dumps(to_jsonable(self.spec.preprocessing))
         self.X = X.astype(np.float32)
@@ -41,14 +42,14 @@ class RowsEmbeddingService(align_pb2_grpc.EmbeddingServiceServicer):
 
     def ListModels(self, request: Any, context: Any) -> Any:
         info = align_pb2.ModelInfo(
-            id=self.spec.id,
+            id=self.model_id,
             family=self.spec.family,
             digest=self.spec.digest,
             layers=list(self.spec.layers),
             modality="image",
             preprocessing_json=self.pre,
         )
-        ok = request.pattern in ("*", self.spec.id)
+        ok = request.pattern in ("*", self.model_id)
         return align_pb2.ListModelsResponse(models=[info] if ok else [])
 
     def Embed(self, request: Any, context: Any) -> Any:
@@ -59,7 +60,7 @@ class RowsEmbeddingService(align_pb2_grpc.EmbeddingServiceServicer):
         return align_pb2.EmbedResponse(
             data=rows.astype("<f4").tobytes(),
             shape=list(rows.shape),
-            model=self.spec.id,
+            model=self.model_id,
             layer=request.layer,
             model_digest=self.spec.digest,
             spec_digest=self.spec.digest,
