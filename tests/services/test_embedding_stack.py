@@ -3,7 +3,9 @@ starting Ray (the running stack is exercised by the Serve fixture and by hand)."
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,6 +15,17 @@ pytest.importorskip("redis", reason="redis-py is not installed (extra 'serve')")
 from align.errors import InvalidInputError
 from align_services import stack
 from align_services.embedding import deploy
+
+
+@pytest.fixture(autouse=True)
+def _process_environment_restored() -> Iterator[None]:
+    """``stack.main`` configures its own process (Ray token auth, single-machine mode) in
+    os.environ, as the real ``align serve`` process must; here it runs inside the test
+    session, whose later Ray clusters must not inherit that."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _closed_port() -> int:

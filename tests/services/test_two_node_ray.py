@@ -99,6 +99,10 @@ class Cluster:
     def start_node(self, name: str, args: list[str]) -> None:
         ray = str(Path(sys.executable).parent / "ray")
         env = {**os.environ, **WORKER_ENV}
+        # A cluster of its own: nothing from another Ray in this process (single-machine
+        # mode forbids a second node; another cluster's token or address would not fit).
+        for key in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+            env.pop(key, None)
         with (self.tmp / f"{name}.log").open("wb") as out:
             self.procs[name] = subprocess.Popen(
                 [
