@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -437,6 +438,24 @@ def _answer_counts(groups: _Groups) -> np.ndarray:
     return np.ones(groups.answer_group.size, dtype=np.int64)  # every response distinct
 
 
+def _ceiling_of(
+    triplets: object, convention: str, from_groups: Callable[[_Groups], float | None]
+) -> float:
+    """Validate raw triplets, group them and apply one ceiling rule to the groups."""
+    check_choice(convention, "convention", CONVENTIONS)
+    arr = np.asarray(triplets)
+    n_objects = int(arr.max()) + 1 if arr.size and np.issubdtype(arr.dtype, np.number) else 0
+    T = check_triplets(arr, max(n_objects, 1))
+    ceiling = from_groups(_group(T, convention, n_objects))
+    if ceiling is None:
+        raise InvalidInputError(
+            "triplets",
+            "no triplet was answered more than once, so there is no noise ceiling",
+            "repeated responses to the same distinct triplet",
+        )
+    return ceiling
+
+
 def loo_noise_ceiling(triplets: object, convention: Convention = "odd-one-out") -> float:
     """Leave-one-response-out human ceiling (METHODS.md section 2): each response of a
     distinct triplet answered at least twice is scored against the majority answer of the
@@ -445,18 +464,7 @@ def loo_noise_ceiling(triplets: object, convention: Convention = "odd-one-out") 
     bound a model can actually reach (the in-sample :func:`noise_ceiling` counts each
     response in its own majority). Raises InvalidInputError when no triplet repeats.
     """
-    check_choice(convention, "convention", CONVENTIONS)
-    arr = np.asarray(triplets)
-    n_objects = int(arr.max()) + 1 if arr.size and np.issubdtype(arr.dtype, np.number) else 0
-    T = check_triplets(arr, max(n_objects, 1))
-    ceiling = _loo_ceiling_from_groups(_group(T, convention, n_objects))
-    if ceiling is None:
-        raise InvalidInputError(
-            "triplets",
-            "no triplet was answered more than once, so there is no noise ceiling",
-            "repeated responses to the same distinct triplet",
-        )
-    return ceiling
+    return _ceiling_of(triplets, convention, _loo_ceiling_from_groups)
 
 
 def noise_ceiling(triplets: object, convention: Convention = "odd-one-out") -> float:
@@ -468,18 +476,7 @@ def noise_ceiling(triplets: object, convention: Convention = "odd-one-out") -> f
     matter here (the share is the same). Raises InvalidInputError when no triplet was
     answered more than once.
     """
-    check_choice(convention, "convention", CONVENTIONS)
-    arr = np.asarray(triplets)
-    n_objects = int(arr.max()) + 1 if arr.size and np.issubdtype(arr.dtype, np.number) else 0
-    T = check_triplets(arr, max(n_objects, 1))
-    ceiling = _ceiling_from_groups(_group(T, convention, n_objects))
-    if ceiling is None:
-        raise InvalidInputError(
-            "triplets",
-            "no triplet was answered more than once, so there is no noise ceiling",
-            "repeated responses to the same distinct triplet",
-        )
-    return ceiling
+    return _ceiling_of(triplets, convention, _ceiling_from_groups)
 
 
 # --------------------------------------------------------------------------- scoring
