@@ -324,7 +324,7 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
             if flight is None:
                 flight = Flight()
                 self._flights[plan.key] = flight
-                task = asyncio.create_task(self._compute(plan, flight))
+                task = asyncio.create_task(self._compute(plan, flight, request.refresh))
                 flight.task = task
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -453,11 +453,11 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
             cache_hit=cache_hit,
         )
 
-    async def _compute(self, plan: _Plan, flight: Flight) -> None:
+    async def _compute(self, plan: _Plan, flight: Flight, refresh: bool = False) -> None:
         result: tuple[str, bool] | None = None
         error: BaseException | None = None
         try:
-            result = await self._compute_once(plan, flight)
+            result = await self._compute_once(plan, flight, refresh)
         except BaseException as exc:  # delivered to every follower
             error = exc
         finally:
@@ -465,7 +465,11 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
                 self._flights.pop(plan.key, None)
             await flight.finish(result, error)
 
-    async def _compute_once(self, plan: _Plan, flight: Flight) -> tuple[str, bool]:
+    async def _compute_once(
+        self, plan: _Plan, flight: Flight, refresh: bool = False
+    ) -> tuple[str, bool]:
+        """Compute under the Redis lock. A stored report answers instead, unless the
+        request asked to refresh (then the report in Redis is the one being replaced)."""
         key = plan.key
         ttl_ms = int(self.config.lock_ttl_s * 1000)
         owner, acquired = await self.cache.acquire_lock(key, ttl_ms)
@@ -478,7 +482,7 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
             # it (an older server, or a hand-made key) is stale: taken away.
             await self.cache.break_stale_lock(key, ttl_ms)
             await asyncio.sleep(0.25)
-            text = await self.cache.get_report(key)
+            text = None if refresh else await self.cache.get_report(key)
             if text is not None:
                 return text, True
             if not await self.cache.lock_exists(key):
@@ -486,7 +490,7 @@ class EvaluationServicer(align_pb2_grpc.EvaluationServiceServicer):
         renewing = asyncio.create_task(self._renew(key, owner, ttl_ms))
         try:
             # Another process may have finished it between our miss and our lock.
-            text = await self.cache.get_report(key)
+            text = None if refresh else await self.cache.get_report(key)
             if text is not None:
                 return text, True
             ticket = self.scheduler.enqueue(plan.who)

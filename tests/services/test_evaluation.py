@@ -246,6 +246,33 @@ def test_second_identical_score_is_a_cache_hit_in_prometheus(eval_service: Any, 
     assert seen == expected
 
 
+def test_refresh_recomputes_a_report_the_server_already_holds(eval_service: Any, spose_npy: Path):
+    """cache=False asks for a new computation: the stored report must not answer it, not
+    even the re-read under the Redis lock."""
+    server = eval_service()
+    with backend(server) as b:
+        first = b.score(str(spose_npy), "things", options=OPTS)
+        again = b.score(str(spose_npy), "things", options=OPTS, cache=False)
+        third = b.score(str(spose_npy), "things", options=OPTS)
+    assert first.provenance["cache"] == "miss"
+    assert again.provenance["cache"] == "miss"
+    assert third.provenance["cache"] == "hit"
+    assert again.metrics == first.metrics == third.metrics
+    port = server.server.metrics_port
+    deadline = time.monotonic() + 10
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        computed = next(
+            float(line.split(" ")[1])
+            for line in text.decode().splitlines()
+            if line.startswith("align_report_computations_total ")
+        )
+        if computed == 2.0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert computed == 2.0
+
+
 def test_redis_stopped_mid_run_result_correct_and_errors_counted(
     eval_service: Any, redis_server: Any, gated: GatedFeatures, spose_npy: Path, data_dir: Path
 ):
