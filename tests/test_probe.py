@@ -423,11 +423,12 @@ def test_cross_validate_clones_per_lambda_and_leaves_the_estimator_alone(planted
     from align.metrics.probe import cross_validate
 
     X, _, trip = planted
-    fitted: list[tuple[int, float]] = []
+    fitted: list[tuple[TripletProbe, float]] = []  # the estimators themselves: ids of
+    # freed clones could be reused by later ones
 
     class Recording(TripletProbe):
         def fit(self, *args, **kwargs):
-            fitted.append((id(self), self.reg))
+            fitted.append((self, self.reg))
             return super().fit(*args, **kwargs)
 
     est = Recording(reg=123.0, max_iter=30)
@@ -436,7 +437,7 @@ def test_cross_validate_clones_per_lambda_and_leaves_the_estimator_alone(planted
     assert est.get_params() == Recording(reg=123.0, max_iter=30).get_params()
     assert not hasattr(est, "weights_")  # never fitted
     assert len(fitted) == 3 * len(lambdas) + 1  # every (fold, lambda) + the refit
-    assert len({i for i, _ in fitted}) == len(fitted)  # a fresh clone each time
+    assert len({id(e) for e, _ in fitted}) == len(fitted)  # a fresh clone each time
     assert sorted(r for _, r in fitted[:-1]) == sorted(list(lambdas) * 3)
     assert fitted[-1][1] == search.lambda_ and search.estimator.reg == search.lambda_
     assert type(search.estimator) is Recording
