@@ -679,7 +679,8 @@ def check_prometheus(stack: Stack) -> None:
         stored = set(get("/label/__name__/values"))
         sampled, declared = pages()
         up = bool(targets) and all(h == "up" for h in targets.values())
-        if (up and wanted & sampled <= stored) or time.monotonic() > deadline:
+        settled = wanted & sampled <= stored and wanted - stored <= declared
+        if (up and settled) or time.monotonic() > deadline:
             break
         time.sleep(2)
     log(f"Prometheus targets: {targets}")
@@ -721,8 +722,10 @@ def main() -> int:
             times["up"] = time.monotonic() - t
             first = check_scores(stack)
             check_ray_head_restart(stack)
-            check_persistence(stack, first)
+            # while the Ray head's embedding counters have counted (after down/up nothing
+            # is embedded again, and Ray exports a metric only once it has been recorded)
             check_prometheus(stack)
+            check_persistence(stack, first)
         except Exception:
             stack.dump_logs()
             raise
