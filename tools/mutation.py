@@ -1,12 +1,13 @@
 """Mutation testing of the science core with mutmut (``make mutation``; not part of CI).
 
 mutmut 3 wants the code under ``./``, ``src/`` or ``source/``; ours lives in
-``client/align``. So each run stages a copy with a ``src/`` layout in
-``build/mutation/`` (``src/align`` from ``client/align``, ``tests/`` and
-``pyproject.toml``) and runs mutmut there, one module at a time, each with only the
-test files that cover it (mutmut then runs, per mutant, only the tests that executed
-the mutated function). mutmut keeps its results in ``build/mutation/mutants/`` and
-re-tests only functions whose code changed, so a second run is incremental.
+``client/align``. So each module is staged as a copy with a ``src/`` layout in
+``build/mutation/<module>/`` (``src/align`` from ``client/align``, ``tests/`` and
+``pyproject.toml``) and mutmut runs there, one module at a time, each with only the
+test files that cover it (mutmut then runs, per mutant, only the tests of that
+selection that executed the mutated function, fastest first, stopping at the first
+failure). Every run re-stages from the current tree, so it mutates current code; the
+previous run's results of that module are discarded.
 
 Usage::
 
@@ -16,7 +17,8 @@ Usage::
 
 Output: ``build/mutation/summary.json`` (per module: mutants generated, killed,
 survived, timeouts, no tests; the surviving mutants' names) and a table on stdout.
-``mutmut show NAME`` in ``build/mutation`` prints a mutant's diff.
+``mutmut show NAME`` in ``build/mutation/<module>`` prints a mutant's diff
+(``<module>`` is the path with ``/`` and ``.`` as ``_``, e.g. ``metrics_rsa_py``).
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE = ROOT / "build" / "mutation"
+BUILD = ROOT / "build" / "mutation"
 
-# module (relative to client/align) -> test files that state its behaviour
+# module (relative to client/align) -> test files that state its behaviour. Per mutant,
+# mutmut runs only the tests of this selection that executed the mutated function, so a
+# module whose functions every metric calls (validation) gets only its own fast tests.
 TESTS: dict[str, list[str]] = {
     "metrics/oddoneout.py": ["test_oddoneout.py", "test_known_answers.py", "test_concepts.py"],
     "metrics/bootstrap.py": [
@@ -44,14 +49,13 @@ TESTS: dict[str, list[str]] = {
     ],
     "metrics/wordsim.py": ["test_wordsim.py", "test_known_answers.py"],
     "metrics/concepts.py": ["test_concepts.py", "test_known_answers.py"],
-    "metrics/splits.py": ["test_probe.py", "test_known_answers.py", "test_splits.py"],
+    "metrics/splits.py": ["test_known_answers.py", "test_probe.py"],
     "metrics/rsa.py": ["test_rsa.py", "test_known_answers.py", "test_transfer.py"],
     "metrics/transfer.py": ["test_transfer.py", "test_known_answers.py"],
-    "metrics/validation.py": ["test_oddoneout.py", "test_rsa.py", "test_known_answers.py"],
+    "metrics/validation.py": ["test_validation.py", "test_known_answers.py"],
     "metrics/glocal.py": ["test_glocal.py", "test_known_answers.py"],
     "metrics/probe": ["test_probe.py", "test_known_answers.py", "test_glocal.py"],
-    "metrics/probe.py": ["test_probe.py", "test_known_answers.py", "test_glocal.py"],
-    "datasets/things.py": ["test_datasets.py", "test_datasets_files.py"],
+    "datasets/things.py": ["test_datasets.py", "test_datasets_files.py", "test_known_answers.py"],
 }
 DEFAULT_TESTS = ["test_known_answers.py"]
 
@@ -68,31 +72,44 @@ def modules_present() -> list[str]:
     return [*found, "datasets/things.py"]
 
 
-def stage() -> None:
+def stage_dir(module: str) -> Path:
+    return BUILD / module.replace("/", "_").replace(".", "_")
+
+
+def export_library(rev: str | None, dest: Path) -> Path:
+    """``client/align`` of commit ``rev`` (None: the work tree) under ``dest``."""
+    if rev is None:
+        return ROOT / "client" / "align"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", rev, "client/align"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest / "client" / "align"
+
+
+def stage(module: str, rev: str | None) -> Path:
+    """A fresh ``src/`` layout copy for ``module``'s run: the library of commit ``rev``
+    (the work tree when None), the tests of the work tree."""
+    where = stage_dir(module)
     # mutmut does not regenerate a mutated copy whose source moved on under it (it keeps
     # files that already exist in mutants/), so every run starts from a fresh copy.
-    shutil.rmtree(STAGE / "mutants", ignore_errors=True)
-    (STAGE / "src").mkdir(parents=True, exist_ok=True)
-    # rsync -a keeps mtimes, so mutmut sees unchanged files as unchanged
-    for src, dst in (("client/align/", "src/align/"), ("tests/", "tests/")):
+    shutil.rmtree(where / "mutants", ignore_errors=True)
+    (where / "src").mkdir(parents=True, exist_ok=True)
+    library = export_library(rev, BUILD / "export")
+    for src, dst in ((f"{library}/", "src/align/"), (f"{ROOT}/tests/", "tests/")):
         subprocess.run(
-            [
-                "rsync",
-                "-a",
-                "--delete",
-                "--exclude",
-                "__pycache__",
-                f"{ROOT}/{src}",
-                f"{STAGE}/{dst}",
-            ],
+            ["rsync", "-a", "--delete", "--exclude", "__pycache__", src, f"{where}/{dst}"],
             check=True,
         )
+    return where
 
 
-def write_config(modules: list[str], tests: list[str]) -> None:
+def write_config(where: Path, module: str, tests: list[str]) -> None:
     text = (ROOT / "pyproject.toml").read_text()
     text = re.sub(r"(?ms)^\[tool\.mutmut\].*?(?=^\[|\Z)", "", text)
-    only = [f"src/align/{m}" + ("" if m.endswith(".py") else "/*") for m in modules]
+    only = [f"src/align/{module}" + ("" if module.endswith(".py") else "/*")]
     cfg = {
         "source_paths": ["src"],
         "only_mutate": only,
@@ -105,14 +122,14 @@ def write_config(modules: list[str], tests: list[str]) -> None:
         "do_not_mutate_patterns": [r"^\s*raise \w+(Error|Warning)\("],
     }
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in cfg.items()]
-    (STAGE / "pyproject.toml").write_text(text + "\n".join(lines) + "\n")
+    (where / "pyproject.toml").write_text(text + "\n".join(lines) + "\n")
 
 
 def mutant_status(module: str) -> dict[str, str]:
     """name -> status for the mutants of ``module`` (from ``mutmut results --all``)."""
     out = subprocess.run(
         [str(Path(sys.executable).parent / "mutmut"), "results", "--all", "true"],
-        cwd=STAGE,
+        cwd=stage_dir(module),
         capture_output=True,
         text=True,
         check=False,
@@ -130,35 +147,64 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("modules", nargs="*", help="paths under client/align (default: all)")
     ap.add_argument("--max-children", type=int, default=1)
+    ap.add_argument(
+        "--rev",
+        default="HEAD",
+        help="commit whose client/align is mutated (default HEAD: others' uncommitted edits "
+        "in the shared tree are left out); 'worktree' for the work tree",
+    )
     args = ap.parse_args()
     modules = args.modules or modules_present()
-    stage()
-    # One mutmut run over all the modules: mutmut records which tests execute each
-    # function and runs, per mutant, only those (from the union of the modules' tests).
-    tests = sorted(
-        {t for m in modules for t in TESTS.get(m, DEFAULT_TESTS) if (ROOT / "tests" / t).exists()}
-    )
-    write_config(modules, tests)
-    print(f"== {', '.join(modules)}: tests {', '.join(tests)}", flush=True)
+    summary_path = BUILD / "summary.json"
     mutmut = str(Path(sys.executable).parent / "mutmut")
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    rc = subprocess.run(
-        [mutmut, "run", "--max-children", str(args.max_children)], cwd=STAGE, env=env
-    ).returncode
-    summary_path = STAGE / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for module in modules:
+        tests = [t for t in TESTS.get(module, DEFAULT_TESTS) if (ROOT / "tests" / t).exists()]
+        rev = None if args.rev == "worktree" else args.rev
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", rev or "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--",
+                *(["client/align"] if rev is None else []),
+                "tests",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        where = stage(module, rev)
+        write_config(where, module, tests)
+        print(f"== {module}: tests {', '.join(tests)}", flush=True)
+        started = time.time()
+        rc = subprocess.run(
+            [mutmut, "run", "--max-children", str(args.max_children)], cwd=where, env=env
+        ).returncode
         status = mutant_status(module)
         counts: dict[str, int] = {}
         for s in status.values():
             counts[s] = counts.get(s, 0) + 1
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         summary[module] = {
             "exit_code": rc,
+            "commit": commit,
+            "uncommitted": dirty.splitlines(),
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "wall_s": round(time.time() - started),
+            "tests": tests,
             "generated": len(status),
             "counts": counts,
             "survived": sorted(n for n, s in status.items() if s == "survived"),
+            "not_killed": {n: s for n, s in sorted(status.items()) if s != "killed"},
         }
-    summary_path.write_text(json.dumps(summary, indent=1))
+        summary_path.write_text(json.dumps(summary, indent=1))
     print(f"{'module':28} {'mutants':>8} {'killed':>7} {'survived':>9} other")
     for module, row in summary.items():
         c = row["counts"]
