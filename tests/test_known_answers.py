@@ -839,3 +839,71 @@ def test_bootstrap_mean_ci_string_labels_and_many_distinct_values() -> None:
     half = 1.959964 * x.std() / np.sqrt(x.size)
     assert ci[0] == pytest.approx(x.mean() - half, abs=0.15 * half)
     assert ci[1] == pytest.approx(x.mean() + half, abs=0.15 * half)
+
+
+# ------------------------------------------------------------- word similarity (mutants)
+
+
+def _naive_spearman_interval(
+    sims: np.ndarray, human: np.ndarray, n_boot: int, seed: int, confidence: float
+) -> np.ndarray:
+    """The stated bootstrap written as a loop: one ``(n_boot, n)`` draw of pair indices
+    from ``default_rng(seed)``, scipy's Spearman per resample, constant resamples
+    skipped (no correlation), numpy's linear percentiles."""
+    idx = np.random.default_rng(seed).integers(0, sims.size, size=(n_boot, sims.size))
+    boot = [
+        stats.spearmanr(sims[row], human[row]).statistic
+        for row in idx
+        if np.ptp(sims[row]) > 0 and np.ptp(human[row]) > 0
+    ]
+    tail = (1 - confidence) / 2
+    return np.quantile(boot, [tail, 1 - tail])
+
+
+def test_word_similarity_interval_is_the_stated_resampling_of_pairs() -> None:
+    # 10 covered pairs, 300 resamples drawn in one block (so the stream is the loop's);
+    # rank ties inside resamples (a pair drawn twice) are frequent.
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(20)]
+    E = rng.normal(size=(20, 3))
+    pairs = [(f"w{2 * i}", f"w{2 * i + 1}") for i in range(10)]
+    sims = np.array([_cos(E[2 * i], E[2 * i + 1]) for i in range(10)])
+    human = sims + rng.normal(scale=0.5, size=10)
+    r = word_similarity(E, words, pairs, human, n_bootstrap=300, confidence=0.8, seed=7)
+    with np.errstate(all="ignore"):
+        ref = _naive_spearman_interval(sims, human, 300, 7, 0.8)
+    assert r.ci is not None
+    assert r.ci == pytest.approx(tuple(ref), abs=1e-9)
+    # scores as a column (one score per pair, shape (n, 1)) are the same scores
+    column = word_similarity(
+        E, words, pairs, human[:, None], n_bootstrap=300, confidence=0.8, seed=7
+    )
+    assert column.spearman == r.spearman and column.ci == r.ci
+
+
+def test_word_similarity_cosine_with_a_zero_embedding_is_zero() -> None:
+    # A word whose embedding is the zero vector has cosine 0 with every word (the
+    # convention of sklearn's cosine_similarity), not NaN.
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    words = ["z", "a", "b", "c", "d"]
+    E = np.array([[0.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.2]])
+    pairs = [("z", "a"), ("a", "b"), ("a", "c"), ("b", "d")]
+    human = [0.4, 0.9, 0.1, 0.3]
+    C = cosine_similarity(E)
+    sims = [C[0, 1], C[1, 2], C[1, 3], C[2, 4]]
+    assert sims[0] == 0.0
+    r = word_similarity(E, words, pairs, human, n_bootstrap=0)
+    assert r.spearman == pytest.approx(stats.spearmanr(sims, human).statistic)
+    assert r.pearson == pytest.approx(stats.pearsonr(sims, human).statistic)
+
+
+def test_word_similarity_is_undefined_for_constant_model_similarities() -> None:
+    # Every pair at the same cosine, exactly 1 (all embeddings on one axis): no rank
+    # correlation.
+    words = ["a", "b", "c", "d"]
+    E = np.array([[1.0, 0.0], [2.0, 0.0], [0.5, 0.0], [3.0, 0.0]])
+    pairs = [("a", "b"), ("b", "c"), ("c", "d")]
+    r = word_similarity(E, words, pairs, [0.1, 0.5, 0.9])
+    assert r.spearman is None and r.pearson is None and r.ci is None
+    assert r.n_covered == 3
