@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from align.metrics.bootstrap import _distinct_rows_counts
 from align.metrics.oddoneout import (
+    _distinct_rows,
     _group,
+    _order_codes,
+    _sorted_with_order,
     predict_from_similarities,
     predict_positions,
     triplet_similarities,
@@ -100,3 +103,59 @@ def test_distinct_rows_counts_equals_numpy_unique() -> None:
         want_rows, want_counts = np.unique(rows, axis=0, return_counts=True)
         np.testing.assert_array_equal(got_rows, want_rows)
         np.testing.assert_array_equal(got_counts, want_counts)
+
+
+@pytest.mark.parametrize("key_bits", [3, 40, 62])
+def test_packed_sort_is_a_stable_argsort(key_bits: int) -> None:
+    """One np.sort of ``key << b | index`` gives numpy's stable argsort and the sorted keys
+    (and the argsort fallback, when key and index do not fit one int64, the same)."""
+    rng = np.random.default_rng(key_bits)
+    for m in (1, 2, 7, 1000, 70_000):
+        keys = rng.integers(0, 1 << min(key_bits, 12), size=m, dtype=np.int64)  # many equal
+        if key_bits == 40:
+            keys = rng.integers(0, 1 << 40, size=m, dtype=np.int64)
+        order, sorted_keys = _sorted_with_order(keys, key_bits)
+        expected = np.argsort(keys, kind="stable")
+        assert np.array_equal(order, expected)
+        assert np.array_equal(sorted_keys, keys[expected])
+
+
+def test_distinct_rows_merges_equal_rows_and_keeps_distinct_ones() -> None:
+    """The projection shortcut never hides a duplicate: rows equal as floats (-0.0 and
+    +0.0 included) share one distinct row; a matrix without duplicates is returned as is."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((50, 7))
+    Xu, inverse = _distinct_rows(X)
+    assert Xu.shape == X.shape and np.array_equal(inverse, np.arange(50))
+    Y = X.copy()
+    Y[10] = Y[3]
+    Y[40] = 0.0
+    Y[41] = -0.0  # equal to row 40 as floats
+    Yu, inv = _distinct_rows(Y)
+    assert Yu.shape[0] == 48
+    assert inv[10] == inv[3] and inv[41] == inv[40]
+    assert len(set(inv.tolist())) == 48
+    assert np.array_equal(Yu[inv], Y + 0.0)  # every row is its distinct row
+    # integer-valued features with many exact duplicates
+    Z = rng.integers(0, 2, size=(200, 3)).astype(np.float64)
+    Zu, zinv = _distinct_rows(Z)
+    assert Zu.shape[0] == len({tuple(r) for r in Z.tolist()})
+    assert np.array_equal(Zu[zinv], Z)
+
+
+def test_order_codes_never_reverse_the_float64_order() -> None:
+    """``a < b`` in codes implies ``a < b`` in values, and equal values get equal codes
+    (the two zeros included), on values spanning many binades and both signs."""
+    rng = np.random.default_rng(9)
+    values = np.concatenate(
+        [
+            rng.standard_normal(5000) * 10.0 ** rng.integers(-30, 3, size=5000),
+            [0.0, -0.0, 1e-300, -1e-300, 5e-324, 1.0, -1.0],
+        ]
+    )
+    codes = _order_codes(values).astype(np.int64)
+    order = np.argsort(values, kind="stable")
+    v, c = values[order], codes[order]
+    assert (np.diff(c) >= 0).all()  # monotone: never reversed
+    equal = v[1:] == v[:-1]
+    assert (c[1:][equal] == c[:-1][equal]).all()

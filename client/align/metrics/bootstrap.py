@@ -331,8 +331,8 @@ def _distinct_rows_counts(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes: list[np.ndarray] = []
     levels: list[np.ndarray] = []
     for col in rows.T:
-        if col.size and col.min() >= 0 and col.max() < 1 << 20 and (col == np.round(col)).all():
-            code = col.astype(np.int64)
+        code = col.astype(np.int64) if col.size and col.min() >= 0 and col.max() < 1 << 20 else None
+        if code is not None and (code == col).all():  # small whole numbers: code = value
             level = np.arange(int(code.max()) + 1, dtype=np.float64)
         else:
             level, code = np.unique(col, return_inverse=True)
@@ -370,6 +370,29 @@ def _check_values(values: object, field: str, n: int | None = None) -> np.ndarra
     return vals
 
 
+def _cluster_resamples(
+    columns: Sequence[object],
+    fields: Sequence[str],
+    groups: object | None,
+    n_bootstrap: int,
+    confidence: float,
+    seed: int,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
+    """The checks and the resampling :func:`cluster_mean` and
+    :func:`paired_cluster_difference` share: ``(checked value columns, unit sizes,
+    (n_bootstrap, len(columns)) resampled means or None without a bootstrap)``. Every
+    column must have the first one's length; all columns use the SAME resamples."""
+    check_bootstrap_options(n_bootstrap, confidence, seed)
+    first = _check_values(columns[0], fields[0])
+    checked = [
+        first,
+        *(_check_values(c, f, first.size) for c, f in zip(columns[1:], fields[1:], strict=True)),
+    ]
+    sums, sizes = _unit_sums(checked, groups)
+    stats = _cluster_ratio_stats(sums, sizes, int(n_bootstrap), int(seed)) if n_bootstrap else None
+    return checked, sizes, stats
+
+
 def cluster_mean(
     values: object,
     groups: object | None = None,
@@ -383,13 +406,10 @@ def cluster_mean(
     interval over ``groups`` (the distinct triplet of each response; None: every value
     is its own unit). The point estimate is the full-sample value of the resampled
     statistic (responses-weighted mean), so estimate and interval agree."""
-    check_bootstrap_options(n_bootstrap, confidence, seed)
-    vals = _check_values(values, "values")
-    (sums,), sizes = _unit_sums([vals], groups)
-    ci = None
-    if n_bootstrap:
-        stats = _cluster_ratio_stats([sums], sizes, int(n_bootstrap), int(seed))
-        ci = percentile_interval(stats[:, 0], float(confidence))
+    ((vals,), sizes, stats) = _cluster_resamples(
+        [values], ["values"], groups, n_bootstrap, confidence, seed
+    )
+    ci = None if stats is None else percentile_interval(stats[:, 0], float(confidence))
     return ClusterEstimate(
         value=float(vals.mean()),
         ci=ci,
@@ -416,13 +436,11 @@ def paired_cluster_difference(
     cluster bootstrap: each resample of the units recomputes both means, so the
     interval of the difference keeps their correlation (and ``ci_a``/``ci_b`` equal
     :func:`cluster_mean`'s intervals for the same seed when resampling explicitly)."""
-    check_bootstrap_options(n_bootstrap, confidence, seed)
-    a = _check_values(values_a, "values_a")
-    b = _check_values(values_b, "values_b", a.size)
-    (sa, sb), sizes = _unit_sums([a, b], groups)
+    ((a, b), sizes, stats) = _cluster_resamples(
+        [values_a, values_b], ["values_a", "values_b"], groups, n_bootstrap, confidence, seed
+    )
     ci_a = ci_b = ci_d = None
-    if n_bootstrap:
-        stats = _cluster_ratio_stats([sa, sb], sizes, int(n_bootstrap), int(seed))
+    if stats is not None:
         ci_a = percentile_interval(stats[:, 0], float(confidence))
         ci_b = percentile_interval(stats[:, 1], float(confidence))
         ci_d = percentile_interval(stats[:, 0] - stats[:, 1], float(confidence))

@@ -91,6 +91,11 @@ class MissingStimuliWarning(UserWarning):
 
 def _distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows of X without duplicates, index of each original row into them)."""
+    if X.shape[0] > 1 and np.isfinite(X).all():
+        # equal rows have equal projections, so distinct projections prove distinct rows
+        probe = X @ np.random.default_rng(0).standard_normal(X.shape[1])
+        if np.unique(probe).size == X.shape[0]:
+            return X, np.arange(X.shape[0], dtype=np.int64)
     X = X + 0.0  # -0.0 -> +0.0 so equal values have equal bytes
     view = np.ascontiguousarray(X).view(np.dtype((np.void, X.dtype.itemsize * X.shape[1])))
     _, first, inverse = np.unique(view.reshape(-1), return_index=True, return_inverse=True)
@@ -208,12 +213,18 @@ def _order_codes(S: np.ndarray) -> np.ndarray:
     -0.0 into +0.0, so the two zeros, equal as floats, get one code."""
     biggest = float(np.abs(S).max(initial=0.0))
     exponent = int(np.frexp(biggest)[1]) if biggest > 0 else 0
-    half = np.ldexp(S + 0.0, 15 - exponent).astype(np.float16).view(np.int16)
-    return np.where(half >= 0, half, half ^ np.int16(0x7FFF)).astype(np.int16)
+    scaled = np.ldexp(S, 15 - exponent)
+    scaled += 0.0
+    codes = scaled.astype(np.float16).view(np.int16)
+    flip = codes >> 15  # -1 where negative, else 0
+    flip &= 0x7FFF
+    codes ^= flip
+    return codes
 
 
 def predict_positions(X: np.ndarray, T: np.ndarray, similarity: str) -> np.ndarray:
-    """``predict_from_similarities(*triplet_similarities(X, T, similarity))``, faster.
+    """``predict_from_similarities(*triplet_similarities(X, T, similarity))``, faster, as
+    int8 (position 0, 1, 2 of the odd one out; -1 on a full tie).
 
     Same predictions bit for bit, ties included. On the similarity-matrix path the three
     comparisons of a triplet run on small int16 codes of the float64 matrix
@@ -226,23 +237,36 @@ def predict_positions(X: np.ndarray, T: np.ndarray, similarity: str) -> np.ndarr
     u = Xu.shape[0]
     m = T.shape[0]
     if m == 0 or not (u * u <= _MAX_MATRIX_ENTRIES and u * u <= 24 * m):
-        return predict_from_similarities(*triplet_similarities(X, T, similarity))
+        return predict_from_similarities(*triplet_similarities(X, T, similarity)).astype(np.int8)
     S64 = _similarity_matrix(Xu, similarity)
     if not np.isfinite(S64).all():
-        return predict_from_similarities(*triplet_similarities(X, T, similarity))  # raises
+        triplet_similarities(X, T, similarity)  # raises the overflow error
     flat64 = S64.reshape(-1)
     codes = _order_codes(flat64)
-    pred = np.empty(m, dtype=np.int64)
+    pred = np.empty(m, dtype=np.int8)
     step = 1 << 14
     for start in range(0, m, step):
         stop = min(m, start + step)
         i, j, k = (c[start:stop] for c in cols)
         iu = i * u
-        ab, ac, bc = iu + j, iu + k, j * u + k
+        ab = iu + j
+        iu += k
+        ac = iu
+        bc = j * u
+        bc += k
         c_ab, c_ac, c_bc = codes.take(ab), codes.take(ac), codes.take(bc)
+        # first maximal pair in the order (ab, ac, bc): 2, 1 or 0 (codes that differ)
+        ab_best = c_ab > c_ac
+        ab_best &= c_ab > c_bc
+        ac_best = c_ac > c_bc
+        ac_best &= ~ab_best
         out = pred[start:stop]
-        out[:] = predict_from_similarities(c_ab, c_ac, c_bc)
-        unsure = (c_ab == c_ac) | (c_ab == c_bc) | (c_ac == c_bc)
+        np.add(ab_best.view(np.int8), ab_best.view(np.int8), out=out)
+        out += ac_best.view(np.int8)
+        # any two equal codes: decide on the float64 values themselves
+        unsure = c_ab == c_ac
+        unsure |= c_ab == c_bc
+        unsure |= c_ac == c_bc
         if unsure.any():
             out[unsure] = predict_from_similarities(
                 flat64.take(ab[unsure]), flat64.take(ac[unsure]), flat64.take(bc[unsure])
@@ -299,7 +323,7 @@ def predict_odd_one_out(
     check_choice(similarity, "similarity", SIMILARITIES)
     X, T, keep = split_missing(features, triplets)
     if keep.all():
-        return predict_positions(X, T, similarity)
+        return predict_positions(X, T, similarity).astype(np.int64)
     pred = np.full(T.shape[0], -1, dtype=np.int64)
     if keep.any():
         pred[keep] = predict_positions(X, T[keep], similarity)
@@ -317,15 +341,29 @@ class _Groups:
     sizes: np.ndarray  # (g,) responses per group
     first: np.ndarray  # (g,) index of one response of each group
     majority_share: np.ndarray  # (g,) share of the group's answers that is the top answer
-    answers: np.ndarray  # (k,) distinct (group, answer object) combinations ...
-    answer_group: np.ndarray  # (k,) ... their group
+    answer_group: np.ndarray  # (k,) distinct (group, answer object) combinations' group
     answer_is_top: np.ndarray  # (k,) ... whether that answer ties for most common
     n_top: np.ndarray  # (g,) how many answers tie for most common
     answer_counts: np.ndarray | None = None  # (k,) responses giving each combination
+    # the combinations' answer objects: given, or decoded on first use from their sort keys
+    answer_objects: np.ndarray | None = None
+    run_keys: np.ndarray | None = None
+    n_objects: int = 0
+
+    @property
+    def answers(self) -> np.ndarray:
+        """(k,) the answer object of each distinct (group, answer) combination."""
+        if self.answer_objects is None:
+            assert self.run_keys is not None
+            self.answer_objects = _answer_objects(self.run_keys, self.n_objects)
+        return self.answer_objects
 
 
-def _canonical(T: np.ndarray, convention: str) -> tuple[np.ndarray, np.ndarray]:
-    """(the triplets' objects in a canonical order, the answer object of each response).
+def _canonical_columns(
+    T: np.ndarray, convention: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(the triplets' objects in a canonical order, as three columns; the answer object of
+    each response).
 
     Odd-one-out: the unordered set of three objects sorted; answer = the odd one.
     Anchor: the anchor, then the two others sorted; answer = the one judged closer.
@@ -334,32 +372,79 @@ def _canonical(T: np.ndarray, convention: str) -> tuple[np.ndarray, np.ndarray]:
     if convention == "odd-one-out":
         lo = np.minimum(np.minimum(a, b), c)
         hi = np.maximum(np.maximum(a, b), c)
-        mid = a + b + c - lo - hi
-        return np.stack([lo, mid, hi], axis=1), c
-    return np.stack([a, np.minimum(b, c), np.maximum(b, c)], axis=1), b
+        mid = a + b
+        mid += c
+        mid -= lo
+        mid -= hi
+        return lo, mid, hi, c
+    return a, np.minimum(b, c), np.maximum(b, c), b
+
+
+def _canonical(T: np.ndarray, convention: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_canonical_columns` with the three columns stacked into ``(m, 3)``."""
+    lo, mid, hi, answer = _canonical_columns(T, convention)
+    return np.stack([lo, mid, hi], axis=1), answer
+
+
+def _sorted_with_order(keys: np.ndarray, key_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, keys[order])`` for non-negative ``keys < 2**key_bits``, ``order`` a stable
+    argsort. When key and index fit one int64 together, it is one ``np.sort`` of the packed
+    ``key << b | index`` (a plain sort of integers is several times faster than an argsort
+    plus a gather, and the packed values are distinct, so the order is the stable one)."""
+    m = keys.size
+    index_bits = max(1, (m - 1).bit_length())
+    if key_bits + index_bits > 62:
+        order = np.argsort(keys, kind="stable")
+        return order, keys[order]
+    packed = keys << index_bits
+    packed |= np.arange(m, dtype=np.int64)
+    packed.sort()
+    order = packed & ((1 << index_bits) - 1)
+    packed >>= index_bits
+    return order, packed
+
+
+def _answer_objects(keys: np.ndarray, n: int) -> np.ndarray:
+    """The answer object of each sorted key ``((lo * n + mid) * n + hi) << 2 | position``
+    (decoded arithmetically: sequential, where a gather through the sort order is not)."""
+    position = keys & 3
+    rest = keys >> 2
+    out = rest % n  # hi
+    rest //= n
+    mid = rest % n
+    np.copyto(out, mid, where=position == 1)
+    rest //= n
+    np.copyto(out, rest, where=position == 0)
+    return out
 
 
 def _group(T: np.ndarray, convention: str, n_objects: int) -> _Groups:
     """Group responses into distinct triplets and count the answers in each group.
 
     One sort does both: each response's key is its distinct triplet followed by the
-    position (0, 1, 2) of its answer among the triplet's canonically ordered objects, so
-    sorted keys run through the groups and, inside a group, through its answers in the
-    order of their object ids."""
+    position (0, 1, 2) of its answer among the triplet's canonically ordered objects (two
+    low bits), so sorted keys run through the groups and, inside a group, through its
+    answers in the order of their object ids."""
     m = T.shape[0]
-    canon, answer = _canonical(T, convention)
+    lo, mid, hi, answer = _canonical_columns(T, convention)
     n = max(n_objects, 1)
-    position = np.where(answer == canon[:, 0], 0, np.where(answer == canon[:, 1], 1, 2))
-    if 3 * n**3 < 2**62:
-        keys = ((canon[:, 0] * n + canon[:, 1]) * n + canon[:, 2]) * 3 + position
-        order = np.argsort(keys)
-        sorted_keys = keys[order]
-    else:  # pragma: no cover - keys would overflow int64
-        order = np.lexsort((position, canon[:, 2], canon[:, 1], canon[:, 0]))
-        sc = canon[order]
-        group_index = np.cumsum(np.r_[False, (sc[1:] != sc[:-1]).any(axis=1)])
-        sorted_keys = group_index * 3 + position[order]
-    group_keys = sorted_keys // 3
+    position = (answer != lo).astype(np.int64)
+    position += answer == hi
+    key_bits = (n**3).bit_length() + 2
+    if key_bits <= 62:
+        keys = lo * n
+        keys += mid
+        keys *= n
+        keys += hi
+        keys <<= 2
+        keys |= position
+        order, sorted_keys = _sorted_with_order(keys, key_bits)
+        group_keys = sorted_keys >> 2
+    else:  # over ~1.1 million objects the keys would overflow int64
+        order = np.lexsort((position, hi, mid, lo))
+        sc = np.stack([lo, mid, hi], axis=1)[order]
+        group_keys = np.cumsum(np.r_[False, (sc[1:] != sc[:-1]).any(axis=1)])
+        sorted_keys = (group_keys << 2) | position[order]
     new = np.empty(m, dtype=bool)
     new[0] = True
     np.not_equal(group_keys[1:], group_keys[:-1], out=new[1:])
@@ -367,11 +452,19 @@ def _group(T: np.ndarray, convention: str, n_objects: int) -> _Groups:
         ones = np.ones(m, dtype=np.int64)
         ident = np.arange(m)
         return _Groups(
-            ident, ones, ident, ones.astype(np.float64), answer, ident, np.ones(m, dtype=bool), ones
+            ident,
+            ones,
+            ident,
+            ones.astype(np.float64),
+            ident,
+            np.ones(m, dtype=bool),
+            ones,
+            answer_objects=answer,
         )
     starts = np.flatnonzero(new)
-    sizes = np.diff(np.append(starts, m))
-    gid_sorted = np.cumsum(new) - 1
+    sizes = np.diff(starts, append=m)
+    gid_sorted = np.cumsum(new)
+    gid_sorted -= 1
     inverse = np.empty(m, dtype=np.int64)
     inverse[order] = gid_sorted
     # Answer runs: equal keys are one (group, answer) combination.
@@ -379,23 +472,27 @@ def _group(T: np.ndarray, convention: str, n_objects: int) -> _Groups:
     run[0] = True
     np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=run[1:])
     run_starts = np.flatnonzero(run)
-    counts = np.diff(np.append(run_starts, m))
+    counts = np.diff(run_starts, append=m)
     answer_group = gid_sorted[run_starts]
-    answers = answer[order[run_starts]]
-    group_starts = np.flatnonzero(np.r_[True, answer_group[1:] != answer_group[:-1]])
+    # the runs of one group are consecutive; a run that starts a group starts it
+    group_starts = np.flatnonzero(new[run_starts])
     top = np.maximum.reduceat(counts, group_starts)
-    is_top = counts == top[answer_group]
-    n_top = np.bincount(answer_group, weights=is_top, minlength=sizes.size).astype(np.int64)
+    top_of_run = top[answer_group]
+    is_top = counts == top_of_run
+    n_top = np.add.reduceat(is_top.astype(np.int64), group_starts)
     return _Groups(
         inverse=inverse,
         sizes=sizes,
         first=order[starts],
         majority_share=top / sizes,
-        answers=answers,
         answer_group=answer_group,
         answer_is_top=is_top,
         n_top=n_top,
         answer_counts=counts,
+        # the keys encode the objects unless the lexsort path replaced them by group ids
+        answer_objects=None if key_bits <= 62 else answer[order[run_starts]],
+        run_keys=sorted_keys[run_starts] if key_bits <= 62 else None,
+        n_objects=n,
     )
 
 
@@ -576,9 +673,14 @@ def _score(
         return obj, s_ab == s_ac
 
     if variant == "responses":
-        answer = T[:, 2] if convention == "odd-one-out" else T[:, 1]
-        predicted, ties = correct_of(T)
-        values = (predicted == answer).astype(np.float64)
+        if convention == "odd-one-out":
+            # the human's odd one out is position 2 (a triplet's objects are distinct)
+            position = predict_positions(X, T, similarity)
+            values = (position == 2).astype(np.float64)
+            ties = position < 0
+        else:
+            predicted, ties = correct_of(T)
+            values = (predicted == T[:, 1]).astype(np.float64)
         unit_groups = groups.inverse if repeated else None
         bootstrap_unit = "distinct triplet" if repeated else "triplet"
     else:

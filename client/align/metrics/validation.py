@@ -127,9 +127,8 @@ def check_triplets(triplets: object, n_objects: int, field: str = "triplets") ->
     elif arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise InvalidInputError(field, f"has dtype {arr.dtype}", "integer indices")
     out = np.ascontiguousarray(arr, dtype=np.int64)
-    bad = (out < 0) | (out >= n_objects)
-    if bad.any():
-        row = int(np.argwhere(bad)[0, 0])
+    if out.min() < 0 or out.max() >= n_objects:  # two reductions; locate only on failure
+        row = int(np.argwhere((out < 0) | (out >= n_objects))[0, 0])
         raise InvalidInputError(
             f"{field}[{row}]",
             f"is {out[row].tolist()}, out of range",
