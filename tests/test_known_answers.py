@@ -907,3 +907,73 @@ def test_word_similarity_is_undefined_for_constant_model_similarities() -> None:
     r = word_similarity(E, words, pairs, [0.1, 0.5, 0.9])
     assert r.spearman is None and r.pearson is None and r.ci is None
     assert r.n_covered == 3
+
+
+# ------------------------------------------------------------------- concepts (mutants)
+
+
+def test_per_concept_accuracy_of_masks_positions_and_a_reference_with_intervals() -> None:
+    from align.errors import InvalidInputError
+    from align.metrics.concepts import concept_of_triplets, per_concept_accuracy
+
+    # 400 distinct triplets over disjoint objects, the model right on the first 200.
+    # VICE puts distinct triplet g in dimension g % 2 (all its objects load on it).
+    X, T = repeated_triplets(400, 1, 200)
+    g = np.arange(400)
+    obj_dim = (np.arange(X.shape[0]) // 3) % 2
+    V = np.stack([obj_dim == 0, obj_dim == 1], axis=1).astype(np.float64)
+    concept = concept_of_triplets(V, T)
+    assert concept.dtype == np.int64 and concept.tolist() == (g % 2).tolist()
+    probed = np.array([2, 2, 0, -1])[g % 4]  # positions; -1 (a tie) is wrong
+    reference = g % 3 == 0  # a reference's correctness mask
+    r = per_concept_accuracy(
+        X, T, V, probed=probed, reference=reference, n_bootstrap=4000, confidence=0.5, seed=3
+    )
+    correct = g < 200
+    assert r.similarity == "cosine" and r.source == "features"
+    assert r.accuracy == 0.5 and r.probed_accuracy == 0.5
+    for k in (0, 1):
+        mask = g % 2 == k
+        c = r.concepts[k]
+        expected = {
+            "ci": correct[mask].mean(),
+            "probed_ci": (probed == 2)[mask].mean(),
+            "reference_ci": reference[mask].mean(),
+        }
+        assert c.accuracy == expected["ci"]
+        assert c.probed_accuracy == expected["probed_ci"]
+        assert c.reference_accuracy == pytest.approx(expected["reference_ci"])
+        assert c.n_triplets == c.n_distinct == 200
+        # each interval: the 25 % and 75 % quantiles of Binomial(200, p) / 200
+        for field, p in expected.items():
+            ci = getattr(c, field)
+            assert ci is not None, field
+            assert ci[0] == pytest.approx(binomial_mean_quantiles(200, p, 0.25), abs=0.0101)
+            assert ci[1] == pytest.approx(binomial_mean_quantiles(200, p, 0.75), abs=0.0101)
+    # the defaults are 1000 resamples at 95 % with seed 0
+    assert per_concept_accuracy(X, T, V) == per_concept_accuracy(
+        X, T, V, n_bootstrap=1000, confidence=0.95, seed=0
+    )
+    # refusals name the argument they are about
+    for kwargs, field in [
+        ({"similarity": "cosinus"}, "similarity"),
+        ({"reference": X, "reference_similarity": "cosinus"}, "reference_similarity"),
+        ({"probed": np.full(400, 3)}, "probed"),
+        ({"reference": np.full(400, 3)}, "reference"),
+        ({"reference": np.ones(399, dtype=bool)}, "reference"),
+    ]:
+        with pytest.raises(InvalidInputError) as err:
+            per_concept_accuracy(X, T, V, n_bootstrap=0, **kwargs)
+        assert err.value.field == field, kwargs
+
+
+def test_concept_best_and_worst_default_to_five_and_apply_the_minimum() -> None:
+    from align.metrics.concepts import ConceptAccuracy, ConceptResult
+
+    accs = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    rows = tuple(ConceptAccuracy(k, str(k), 10, a, None) for k, a in enumerate(accs))
+    rows += (ConceptAccuracy(7, "few", 2, 0.0, None),)
+    res = ConceptResult(rows, 0.5, None, 72, 0, 8, "cosine", "features")
+    assert [c.dimension for c in res.best()] == [0, 1, 2, 3, 4]
+    assert [c.dimension for c in res.worst()] == [7, 6, 5, 4, 3]
+    assert [c.dimension for c in res.worst(k=8, min_triplets=3)] == [6, 5, 4, 3, 2, 1, 0]
