@@ -14,6 +14,8 @@ Usage::
     python tools/mutation.py                        # every module below
     python tools/mutation.py metrics/oddoneout.py   # some of them
     python tools/mutation.py --max-children 2 ...   # parallel mutants (default 1)
+    python tools/mutation.py --recheck MODULE       # after adding tests: re-test only the
+                                                    # mutants not killed, same staged code
 
 Output: ``build/mutation/summary.json`` (per module: mutants generated, killed,
 survived, timeouts, no tests; the surviving mutants' names) and a table on stdout.
@@ -24,6 +26,7 @@ survived, timeouts, no tests; the surviving mutants' names) and a table on stdou
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -153,11 +156,22 @@ def main() -> int:
         help="commit whose client/align is mutated (default HEAD: others' uncommitted edits "
         "in the shared tree are left out); 'worktree' for the work tree",
     )
+    ap.add_argument(
+        "--recheck",
+        action="store_true",
+        help="keep each module's last staged library and mutants; copy the current tests "
+        "in and re-test only the mutants that were not killed (after adding tests)",
+    )
     args = ap.parse_args()
     modules = args.modules or modules_present()
     summary_path = BUILD / "summary.json"
     mutmut = str(Path(sys.executable).parent / "mutmut")
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    if args.recheck:
+        for module in modules:
+            recheck(module, summary_path, mutmut, env, args.max_children)
+        print_table(json.loads(summary_path.read_text()))
+        return 0
     for module in modules:
         tests = [t for t in TESTS.get(module, DEFAULT_TESTS) if (ROOT / "tests" / t).exists()]
         rev = None if args.rev == "worktree" else args.rev
@@ -188,23 +202,81 @@ def main() -> int:
             [mutmut, "run", "--max-children", str(args.max_children)], cwd=where, env=env
         ).returncode
         status = mutant_status(module)
-        counts: dict[str, int] = {}
-        for s in status.values():
-            counts[s] = counts.get(s, 0) + 1
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        summary[module] = {
-            "exit_code": rc,
-            "commit": commit,
-            "uncommitted": dirty.splitlines(),
-            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "wall_s": round(time.time() - started),
-            "tests": tests,
-            "generated": len(status),
-            "counts": counts,
-            "survived": sorted(n for n, s in status.items() if s == "survived"),
-            "not_killed": {n: s for n, s in sorted(status.items()) if s != "killed"},
-        }
-        summary_path.write_text(json.dumps(summary, indent=1))
+        update_summary(
+            summary_path,
+            module,
+            {
+                "exit_code": rc,
+                "commit": commit,
+                "uncommitted": dirty.splitlines(),
+                "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "wall_s": round(time.time() - started),
+                "tests": tests,
+                "generated": len(status),
+                "counts": count(status),
+                "survived": sorted(n for n, s in status.items() if s == "survived"),
+                "not_killed": {n: s for n, s in sorted(status.items()) if s != "killed"},
+            },
+        )
+    summary = json.loads(summary_path.read_text())
+    print_table(summary)
+    return 0
+
+
+def count(status: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in status.values():
+        counts[s] = counts.get(s, 0) + 1
+    return counts
+
+
+def recheck(module: str, summary_path: Path, mutmut: str, env: dict[str, str], jobs: int) -> None:
+    """Re-test ``module``'s not-killed mutants (same staged library) with today's tests."""
+    where = stage_dir(module)
+    summary = json.loads(summary_path.read_text())
+    row = summary[module]
+    names = sorted(row["not_killed"])
+    for dst in (where / "tests", where / "mutants" / "tests"):
+        subprocess.run(
+            ["rsync", "-a", "--delete", "--exclude", "__pycache__", f"{ROOT}/tests/", f"{dst}/"],
+            check=True,
+        )
+    print(f"== {module}: re-testing {len(names)} mutants", flush=True)
+    started = time.time()
+    if names:
+        subprocess.run(
+            [mutmut, "run", "--max-children", str(jobs), *names], cwd=where, env=env, check=False
+        )
+    status = mutant_status(module)
+    tests_commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    update_summary(
+        summary_path,
+        module,
+        dict(
+            row,
+            rechecked=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            recheck_tests_commit=tests_commit,
+            recheck_wall_s=round(time.time() - started),
+            generated=len(status),
+            counts=count(status),
+            survived=sorted(n for n, s in status.items() if s == "survived"),
+            not_killed={n: s for n, s in sorted(status.items()) if s != "killed"},
+        ),
+    )
+
+
+def update_summary(path: Path, module: str, row: dict[str, object]) -> None:
+    """Replace ``module``'s row of the summary (runs of other modules may write beside)."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        summary[module] = row
+        path.write_text(json.dumps(summary, indent=1))
+
+
+def print_table(summary: dict[str, dict]) -> None:
     print(f"{'module':28} {'mutants':>8} {'killed':>7} {'survived':>9} other")
     for module, row in summary.items():
         c = row["counts"]
@@ -213,7 +285,6 @@ def main() -> int:
             f"{module:28} {row['generated']:8d} {c.get('killed', 0):7d} "
             f"{c.get('survived', 0):9d} {other or ''}"
         )
-    return 0
 
 
 if __name__ == "__main__":
