@@ -75,6 +75,17 @@ _MAX_MATRIX_ENTRIES = 25_000_000
 _GATHER_BLOCK = 4_000_000
 
 
+def _matrix_is_cheaper(u: int, m: int, p: int) -> bool:
+    """Whether building the ``u x u`` similarity matrix (then three look-ups per triplet)
+    costs less than ``m`` triplets' row-wise dot products, from per-unit costs measured on
+    one core (bench/README.md, "switch rule"): the matrix takes about ``0.025 p + 6`` ns
+    per entry (BLAS, then the similarity and its order codes), the row-wise path about
+    ``3.7 p + 50`` ns per triplet (gathering three pairs of rows)."""
+    if u * u > _MAX_MATRIX_ENTRIES:
+        return False
+    return u * u * (0.025 * p + 6.0) <= m * (3.7 * p + 50.0)
+
+
 class MissingStimuliWarning(UserWarning):
     """Some triplets touch a stimulus whose feature row is all NaN; they were dropped."""
 
@@ -134,7 +145,7 @@ def _pair_similarities(
     u = Xu.shape[0]
     m = pairs[0][0].size
     n_pairs = len(pairs)
-    if u * u <= _MAX_MATRIX_ENTRIES and u * u <= 8 * n_pairs * m:
+    if _matrix_is_cheaper(u, n_pairs * m // 3, Xu.shape[1]):
         flat = _similarity_matrix(Xu, similarity).reshape(-1)
         out = []
         scaled: dict[int, np.ndarray] = {}  # i * u, shared by pairs with the same first index
@@ -236,7 +247,7 @@ def predict_positions(X: np.ndarray, T: np.ndarray, similarity: str) -> np.ndarr
     Xu, cols = _distinct_columns(X, T)
     u = Xu.shape[0]
     m = T.shape[0]
-    if m == 0 or not (u * u <= _MAX_MATRIX_ENTRIES and u * u <= 24 * m):
+    if m == 0 or not _matrix_is_cheaper(u, m, Xu.shape[1]):
         return predict_from_similarities(*triplet_similarities(X, T, similarity)).astype(np.int8)
     S64 = _similarity_matrix(Xu, similarity)
     if not np.isfinite(S64).all():
