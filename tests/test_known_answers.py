@@ -977,3 +977,126 @@ def test_concept_best_and_worst_default_to_five_and_apply_the_minimum() -> None:
     assert [c.dimension for c in res.best()] == [0, 1, 2, 3, 4]
     assert [c.dimension for c in res.worst()] == [7, 6, 5, 4, 3]
     assert [c.dimension for c in res.worst(k=8, min_triplets=3)] == [6, 5, 4, 3, 2, 1, 0]
+
+
+# ------------------------------------------------------------------------ RSA (mutants)
+
+
+def _sym(rng: np.random.Generator, s: int, n: int) -> np.ndarray:
+    """``s`` random symmetric (n, n) dissimilarity matrices with a zero diagonal."""
+    A = rng.random((s, n, n))
+    A = A + A.transpose(0, 2, 1)
+    A[:, np.arange(n), np.arange(n)] = 0.0
+    return A
+
+
+def _tri(M: np.ndarray) -> np.ndarray:
+    return M[np.triu_indices(M.shape[0], 1)]
+
+
+def test_compare_rdms_accepts_pair_vectors_and_names_its_arguments() -> None:
+    from align.errors import InvalidInputError, NumericalError
+    from align.metrics.rsa import compare_rdms, upper_triangle
+
+    rng = np.random.default_rng(0)
+    A, B = _sym(rng, 2, 6)
+    assert compare_rdms(A, B) == pytest.approx(stats.spearmanr(_tri(A), _tri(B)).statistic)
+    assert compare_rdms(_tri(A), _tri(B), "pearson") == pytest.approx(
+        stats.pearsonr(_tri(A), _tri(B)).statistic
+    )
+    assert compare_rdms([1.0, 2.0], [1.0, 3.0], "pearson") == pytest.approx(1.0)  # 2 pairs
+    with pytest.raises(InvalidInputError) as err:
+        compare_rdms([1.0], [2.0])
+    assert err.value.field == "a"
+    for bad, field in [((np.ones((3, 4)), B), "a"), ((A, np.ones((2, 3, 3))), "b")]:
+        with pytest.raises(InvalidInputError) as err:
+            compare_rdms(*bad)
+        assert err.value.field == field
+    for bad, name in [
+        ((np.r_[np.nan, _tri(A)[1:]], _tri(B)), "a"),
+        ((_tri(A), _tri(B) * np.inf), "b"),
+    ]:
+        with pytest.raises(NumericalError, match=rf"^{name}: "):
+            compare_rdms(*bad)
+    with pytest.raises(InvalidInputError) as err:
+        upper_triangle(np.ones((3, 4)))
+    assert err.value.field == "matrix"
+    assert upper_triangle(np.arange(9.0).reshape(3, 3)).tolist() == [1.0, 2.0, 5.0]
+
+
+def test_split_half_ceiling_is_spearman_brown_with_its_defaults() -> None:
+    from align.metrics.rsa import split_half_ceiling
+
+    rng = np.random.default_rng(1)
+    base = _sym(rng, 1, 8)[0]
+    halves = np.stack([base + 0.3 * _sym(rng, 1, 8)[0], base + 0.3 * _sym(rng, 1, 8)[0]])
+    r = stats.spearmanr(_tri(halves[0]), _tri(halves[1])).statistic
+    nc = split_half_ceiling(halves)  # spearman on dissimilarities
+    assert nc.lower == nc.upper == pytest.approx(2 * r / (1 + r), abs=1e-12)
+    assert (nc.method, nc.n_subjects, nc.pooling) == ("spearman", 2, "split-half")
+    rp = stats.pearsonr(_tri(halves[0]), _tri(halves[1])).statistic
+    assert split_half_ceiling(halves, "pearson").lower == pytest.approx(2 * rp / (1 + rp))
+    # two halves in exactly opposite order: r = -1, Spearman-Brown is undefined
+    flipped = np.stack([halves[0], -halves[0]])
+    assert math.isnan(split_half_ceiling(flipped, "pearson").lower)
+
+
+def test_noise_ceiling_defaults_and_pearson_normalised_pooling() -> None:
+    from align.metrics.rsa import rsa_noise_ceiling
+
+    rng = np.random.default_rng(2)
+    M = _sym(rng, 4, 7)
+    v = np.stack([_tri(m) for m in M])
+    # defaults: spearman on dissimilarities, mean pooling (a loop with scipy)
+    low = [stats.spearmanr(v[k], np.delete(v, k, axis=0).mean(axis=0)).statistic for k in range(4)]
+    up = [stats.spearmanr(v[k], v.mean(axis=0)).statistic for k in range(4)]
+    nc = rsa_noise_ceiling(M)
+    assert nc.lower == pytest.approx(np.mean(low)) and nc.upper == pytest.approx(np.mean(up))
+    assert (nc.method, nc.n_subjects, nc.pooling) == ("spearman", 4, "mean")
+    # pearson with "normalized" pooling averages z-scored vectors (Nili et al. 2014)
+    z = (v - v.mean(axis=1, keepdims=True)) / v.std(axis=1, keepdims=True)
+    low = [stats.pearsonr(v[k], np.delete(z, k, axis=0).mean(axis=0)).statistic for k in range(4)]
+    up = [stats.pearsonr(v[k], z.mean(axis=0)).statistic for k in range(4)]
+    nz = rsa_noise_ceiling(M, "pearson", pooling="normalized")
+    assert nz.lower == pytest.approx(np.mean(low)) and nz.upper == pytest.approx(np.mean(up))
+
+
+def test_paired_rsa_delta_fields_scale_and_missing_rows() -> None:
+    from align.errors import InvalidInputError
+    from align.metrics.rsa import paired_rsa_delta
+    from scipy.spatial.distance import pdist
+
+    rng = np.random.default_rng(3)
+    n = 10
+    X_a, X_b = rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
+    M = _sym(rng, 2, n)
+
+    def score(X: np.ndarray, humans: np.ndarray) -> float:
+        model = pdist(X, "cosine")  # row-major upper triangle, like _tri
+        return float(np.mean([stats.spearmanr(model, _tri(h)).statistic for h in humans]))
+
+    # two subjects: the mean of per-subject correlations
+    r = paired_rsa_delta(X_a, X_b, M, n_bootstrap=0)
+    assert r.a == pytest.approx(score(X_a, M)) and r.b == pytest.approx(score(X_b, M))
+    assert r.delta == pytest.approx(r.b - r.a) and r.ci_delta is None
+    assert (r.scale, r.method, r.n_bootstrap, r.seed) == ("mean over subjects", "spearman", 0, 0)
+    # one group matrix
+    g = paired_rsa_delta(X_a, X_b, M[0], n_bootstrap=1, confidence=0.5, seed=4)
+    assert g.scale == "group matrix" and g.a == pytest.approx(score(X_a, M[:1]))
+    assert g.ci_delta is not None  # one resample is an interval (of one value)
+    assert (g.n_bootstrap, g.confidence, g.seed) == (1, 0.5, 4)
+    # defaults: 1000 resamples at 95 % with seed 0
+    d = paired_rsa_delta(X_a, X_b, M)
+    assert d == paired_rsa_delta(X_a, X_b, M, "dissimilarity", "spearman", "cosine", 1000, 0.95, 0)
+    assert (d.n_bootstrap, d.confidence, d.seed) == (1000, 0.95, 0)
+    # both feature sets must miss the same stimuli
+    miss_2, miss_3 = X_a.copy(), X_b.copy()
+    miss_2[2] = np.nan
+    miss_3[3] = np.nan
+    ok = X_b.copy()
+    ok[2] = np.nan
+    paired_rsa_delta(miss_2, ok, M, n_bootstrap=0)  # same missing row: fine
+    for xa, xb in [(miss_2, miss_3), (miss_2, X_b), (X_a, miss_3)]:
+        with pytest.raises(InvalidInputError) as err:
+            paired_rsa_delta(xa, xb, M, n_bootstrap=0)
+        assert err.value.field == "X_b"
