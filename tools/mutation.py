@@ -119,6 +119,9 @@ def write_config(where: Path, module: str, tests: list[str]) -> None:
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-m", "not slow and not services"],
         "pytest_add_cli_args_test_selection": [f"tests/{t}" for t in tests],
         "use_git_change_detection": False,
+        # A mutant that makes the tests run past 5x (+1 s) their clean CPU time is a
+        # timeout (killed). mutmut's default, 15x, lets the slowest ones eat the run.
+        "timeout_multiplier": 5.0,
         # Error-message text is not scored: a raise statement (all its lines) is not
         # mutated. That the error is raised, and for which input, is still mutated
         # through the condition that guards it.
