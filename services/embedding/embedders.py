@@ -10,8 +10,10 @@ numbers are the embedded library's own). A replica given a GPU runs on CUDA.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +28,21 @@ from .wire import Failure, Outcome, Work, batch_size_of
 logger = logging.getLogger("ray.serve")
 
 
+#: forward batches whose composition :meth:`Embedder.stats` keeps
+RECENT_BATCHES = 32
+
+
+def fingerprint(stimuli: Sequence[Any]) -> str:
+    """A short digest of one request's stimuli (image bytes, paths or words, in order):
+    names a request in :meth:`Embedder.stats`'s ``recent_batches`` without its data."""
+    h = hashlib.sha256()
+    for s in stimuli:
+        data = s if isinstance(s, bytes) else str(s).encode()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
 @serve.deployment(name="Embedder", max_ongoing_requests=64)
 class Embedder:
     """Embeds with the models of one family; an LRU set of models per replica."""
@@ -38,6 +55,9 @@ class Embedder:
         self.config = BatchConfig()
         self._forward_lock = asyncio.Lock()
         self._stats = {"batches": 0, "requests": 0, "stimuli": 0, "max_requests_per_batch": 0}
+        # composition of the last forward batches: one fingerprint per request, in the
+        # order its stimuli were concatenated (stats(); for tests and debugging)
+        self._recent_batches: deque[list[str]] = deque(maxlen=RECENT_BATCHES)
 
         async def load(model_id: str) -> Any:
             return await self._load(model_id)
@@ -94,6 +114,7 @@ class Embedder:
             "device": self.device,
             "actor_name": ray.get_runtime_context().get_actor_name(),
             "config": self.config.model_dump(),
+            "recent_batches": list(self._recent_batches),
         }
 
     async def embed(self, work: Work) -> Outcome:
@@ -163,6 +184,7 @@ class Embedder:
         st["requests"] += len(items)
         st["stimuli"] += len(stimuli)
         st["max_requests_per_batch"] = max(st["max_requests_per_batch"], len(items))
+        self._recent_batches.append([fingerprint(item.stimuli) for item in items])
         self._m_forward.observe(seconds, tags=tags)
         self._m_batch_stimuli.observe(len(stimuli), tags=tags)
         self._m_batch_requests.observe(len(items), tags=tags)

@@ -58,7 +58,9 @@ def _embed(serve_embedding: Any, request: Any, retries: int = 0) -> Any:
 _MODELS: dict[str, Any] = {}
 
 
-def _in_process(model_id: str, stimuli: list[Any], layer: str = "penultimate") -> np.ndarray:
+def _in_process(
+    model_id: str, stimuli: list[Any], layer: str = "penultimate", batch_size: int | None = None
+) -> np.ndarray:
     """The embedded library's answer, at the replicas' torch thread count (on CPU the
     bits depend on the number of threads a reduction is split over)."""
     import torch
@@ -69,7 +71,7 @@ def _in_process(model_id: str, stimuli: list[Any], layer: str = "penultimate") -
     threads = torch.get_num_threads()
     torch.set_num_threads(REPLICA_TORCH_THREADS)
     try:
-        return _MODELS[model_id].embed(stimuli, layers=(layer,))[layer]
+        return _MODELS[model_id].embed(stimuli, layers=(layer,), batch_size=batch_size)[layer]
     finally:
         torch.set_num_threads(threads)
 
@@ -120,28 +122,74 @@ def test_dataset_request_matches_embedded_embed_dataset(serve_embedding, data_di
     assert np.array_equal(got, _in_process(TINY, paths, layer="logits"))
 
 
-def test_concurrent_requests_share_forward_batches(serve_embedding, data_dir) -> None:
+def _set_timm_batching(serve_embedding: Any, **user_config: Any) -> None:
+    """Redeploy with TimmEmbedder's ``user_config`` updated (Serve reconfigures the
+    running replica in place) and wait until the replica reports the new values."""
+    import copy
+
+    from align_services.embedding import deploy
+
+    config = copy.deepcopy(dict(serve_embedding.config))
+    for app in config["applications"]:
+        for dep in app.get("deployments", []):
+            if dep["name"] == "TimmEmbedder":
+                dep["user_config"] = {**dep.get("user_config", {}), **user_config}
+    deploy.deploy(config, timeout_s=120)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # a poll of the replica's own report, not a delay
+        current = _embedder_stats()["config"]
+        if all(current[k] == v for k, v in user_config.items()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"TimmEmbedder did not take user_config {user_config}")
+
+
+def test_concurrent_requests_run_as_the_one_forward_batch_they_fill(
+    serve_embedding, data_dir
+) -> None:
+    """8 concurrent requests of 3 images, a batch of exactly 24 stimuli and a long wait:
+    the batcher must run them as ONE forward pass holding all 8 requests (it starts when
+    full, not when the wait ends), each client must get its own rows of that pass, and
+    those rows are the embedded library's rows for the same 24 images as one batch, in
+    the order the replica concatenated them (bit for bit)."""
+    from align_services.embedding.embedders import fingerprint
+
     paths = _things_images(data_dir, 24)
     blobs = [p.read_bytes() for p in paths]
     groups = [blobs[i : i + 3] for i in range(0, 24, 3)]
-    before = _embedder_stats()
-    with ThreadPoolExecutor(8) as pool:
-        replies = list(
-            pool.map(
-                lambda g: _embed(serve_embedding, align_pb2.EmbedRequest(model=TINY, images=g)),
-                groups,
+    by_print = {fingerprint(g): g for g in groups}
+    assert len(by_print) == 8
+    original = serve_embedding.config["applications"]
+    timm = next(
+        d for a in original for d in a.get("deployments", []) if d["name"] == "TimmEmbedder"
+    )
+    _set_timm_batching(serve_embedding, max_batch_stimuli=24, batch_wait_timeout_s=120.0)
+    try:
+        before = _embedder_stats()
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(
+                pool.map(
+                    lambda g: _embed(serve_embedding, align_pb2.EmbedRequest(model=TINY, images=g)),
+                    groups,
+                )
             )
+        after = _embedder_stats()
+    finally:
+        _set_timm_batching(
+            serve_embedding,
+            max_batch_stimuli=timm.get("user_config", {}).get("max_batch_stimuli", 64),
+            batch_wait_timeout_s=timm["user_config"]["batch_wait_timeout_s"],
         )
-    after = _embedder_stats()
-    # Each client gets its own rows: those of its images embedded alone in-process, up to
-    # float32 rounding (a merged CPU batch may round the last bits differently).
+    assert after["actor_name"] == before["actor_name"]  # reconfigured, not restarted
+    assert after["batches"] - before["batches"] == 1
+    assert after["requests"] - before["requests"] == 8
+    composition = after["recent_batches"][-1]
+    assert sorted(composition) == sorted(by_print)  # all 8 requests, each once
+    merged = [blob for fp in composition for blob in by_print[fp]]
+    expected = _in_process(TINY, merged, batch_size=24)  # ONE forward batch of the 24
+    rows = {fp: expected[3 * i : 3 * i + 3] for i, fp in enumerate(composition)}
     for group, reply in zip(groups, replies, strict=True):
-        np.testing.assert_allclose(_matrix(reply), _in_process(TINY, group), rtol=1e-4, atol=1e-6)
-    # ... and the 8 requests ran in fewer forward passes than requests.
-    if after["actor_name"] == before["actor_name"]:
-        assert after["requests"] - before["requests"] == 8
-        assert after["batches"] - before["batches"] < 8
-    assert after["max_requests_per_batch"] >= 2
+        assert np.array_equal(_matrix(reply), rows[fingerprint(group)])
 
 
 def _corrupt_jpeg(data_dir: Path) -> bytes:
