@@ -81,6 +81,57 @@ def naive_predict(X: np.ndarray, T: np.ndarray, similarity: str) -> np.ndarray:
     return out
 
 
+_BASELINE_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+from align.metrics.oddoneout import odd_one_out, predict_odd_one_out
+folder, repeats = sys.argv[1], int(sys.argv[2])
+X, T = np.load(folder + "/X.npy"), np.load(folder + "/T.npy")
+out = {}
+def best(fn):
+    cpu, res = float("inf"), None
+    for _ in range(repeats):
+        c = time.process_time(); res = fn(); cpu = min(cpu, time.process_time() - c)
+    return cpu, res
+for s in ("cosine", "dot", "euclidean"):
+    cpu, pred = best(lambda: predict_odd_one_out(X, T, s))
+    np.save(folder + "/pred_" + s + ".npy", pred)
+    out[s] = cpu
+cpu, r = best(lambda: odd_one_out(X, T, n_bootstrap=1000))
+out["full"] = cpu
+out["full_result"] = [r.accuracy, list(r.ci), r.ceiling, r.ceiling_loo, r.n_distinct]
+print(json.dumps(out))
+"""
+
+
+def run_baseline(src: str, X: np.ndarray, T: np.ndarray, repeats: int, threads: int) -> Any:
+    """Time the same calls with the package under ``src`` (e.g. an older commit's
+    ``client/`` from ``git archive``) in a subprocess on the same data; returns its CPU
+    seconds per call and its predictions (for the bit-for-bit check)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        np.save(f"{folder}/X.npy", X)
+        np.save(f"{folder}/T.npy", T)
+        env = {
+            **os.environ,
+            "PYTHONPATH": src,
+            **{v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", _BASELINE_SCRIPT, folder, str(repeats)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        out["pred"] = {s: np.load(f"{folder}/pred_{s}.npy") for s in SIMILARITIES}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench zero_shot", description=__doc__)
     parser.add_argument("--n", type=int, default=1854, help="stimuli")
@@ -90,6 +141,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--baseline-src",
+        default=None,
+        help="also time the package under this folder (e.g. `git archive OLD client/align | "
+        "tar -x -C DIR`, then DIR/client) on the same data, and check its predictions equal",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     limiter = _limit_threads(args.threads)
@@ -144,6 +201,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if limiter is not None:
         limiter.restore_original_limits()
+    if args.baseline_src:
+        base = run_baseline(args.baseline_src, X, T, args.repeats, args.threads)
+        for r, key in zip(rows, [*SIMILARITIES, "full"], strict=True):
+            r["baseline_cpu_seconds"] = base[key]
+            r["times_faster"] = base[key] / r["cpu_seconds"]
+        for r, s in zip(rows[:-1], SIMILARITIES, strict=True):
+            ours_pred = predict_odd_one_out(X, T, s)
+            r["identical_to_baseline"] = bool(np.array_equal(ours_pred, base["pred"][s]))
+        ci = list(result.ci or ())
+        res = [result.accuracy, ci, result.ceiling, result.ceiling_loo, result.n_distinct]
+        rows[-1]["identical_to_baseline"] = res == base["full_result"]
 
     summary = {
         "benchmark": "zero_shot",
@@ -171,6 +239,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{'speed-up':>9s} {'agree':>6s} {'acc':>6s}"
         )
         for r in rows:
+            if "baseline_cpu_seconds" in r:
+                print(
+                    f"  baseline {args.baseline_src}: {r['baseline_cpu_seconds']:.3f} cpu s, "
+                    f"ours {r['times_faster']:.2f}x faster, identical: {r['identical_to_baseline']}"
+                )
             looped = f"{r['loop_us_per_triplet']:13.2f}" if r["loop_us_per_triplet"] else " " * 13
             speed = f"{r['speedup']:8.0f}x" if r["speedup"] else " " * 9
             agreed = f"{r['agreement_with_loop']:6.4f}" if r["agreement_with_loop"] else " " * 6
