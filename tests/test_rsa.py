@@ -310,7 +310,9 @@ def _naive_bootstrap(
         values = []
         for h in humans:
             hum = h[np.ix_(idx, idx)][i, j][keep]
-            if method == "spearman":
+            if model.size < 2:  # no correlation over fewer than 2 pairs
+                values.append(math.nan)
+            elif method == "spearman":
                 values.append(ss.spearmanr(model, hum)[0])
             elif method == "pearson":
                 values.append(ss.pearsonr(model, hum)[0])
@@ -495,3 +497,25 @@ def test_paired_rsa_delta_equals_naive_paired_rebuild(
         X_a, human, "spearman", 25, 3
     )
     assert res.ci_delta == pytest.approx(tuple(np.quantile(diff, [0.025, 0.975])), abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["spearman", "pearson", "kendall_tau_a"])
+def test_bootstrap_with_ties_and_degenerate_resamples_equals_naive_rebuild(method: str) -> None:
+    # 5 stimuli: two identical feature rows, three orthogonal ones (equidistant) and
+    # integer human dissimilarities give tied pair values on both sides; with 5 draws
+    # many resamples hold 1-2 distinct stimuli, or only the 3 equidistant ones (the
+    # model side constant, the human side not): no correlation, left out of the interval.
+    X = np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 1, 0]])
+    rng = np.random.default_rng(4)
+    H = rng.integers(1, 4, size=(2, 5, 5)).astype(np.float64)
+    H = H + H.transpose(0, 2, 1)
+    H[:, np.arange(5), np.arange(5)] = 0.0
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        naive = _naive_bootstrap(X, H, method, 400, seed=3)
+    assert np.isnan(naive).any()  # degenerate resamples happen
+    for confidence in (0.95, 0.5, 0.2):
+        result = rsa(X, H, method=method, n_bootstrap=400, confidence=confidence, seed=3)
+        tail = (1 - confidence) / 2
+        assert result.ci is not None
+        assert result.ci == pytest.approx(tuple(np.nanquantile(naive, [tail, 1 - tail])), abs=1e-9)
