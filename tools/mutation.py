@@ -43,7 +43,12 @@ BUILD = ROOT / "build" / "mutation"
 # mutmut runs only the tests of this selection that executed the mutated function, so a
 # module whose functions every metric calls (validation) gets only its own fast tests.
 TESTS: dict[str, list[str]] = {
-    "metrics/oddoneout.py": ["test_oddoneout.py", "test_known_answers.py", "test_concepts.py"],
+    "metrics/oddoneout.py": [
+        "test_oddoneout.py",
+        "test_known_answers.py",
+        "test_zero_shot_fast.py",
+        "test_concepts.py",
+    ],
     "metrics/bootstrap.py": [
         "test_oddoneout.py",
         "test_known_answers.py",
