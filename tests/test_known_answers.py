@@ -1100,3 +1100,22 @@ def test_paired_rsa_delta_fields_scale_and_missing_rows() -> None:
         with pytest.raises(InvalidInputError) as err:
             paired_rsa_delta(xa, xb, M, n_bootstrap=0)
         assert err.value.field == "X_b"
+
+
+def test_vice_embedding_checks() -> None:
+    from align.errors import InvalidInputError, NumericalError
+    from align.metrics.concepts import concept_of_triplets
+
+    T = np.array([[0, 1, 2], [2, 3, 0]])
+    # one dimension is a VICE embedding: every triplet falls in it
+    assert concept_of_triplets(np.ones((4, 1)), T).tolist() == [0, 0]
+    for bad in (np.ones(4), np.ones((4, 0)), np.ones((0, 2)), np.ones((4, 2), dtype=bool)):
+        with pytest.raises(InvalidInputError) as err:
+            concept_of_triplets(bad, T)
+        assert err.value.field == "vice"
+    with pytest.raises(InvalidInputError):
+        concept_of_triplets(np.ones((4, 2), dtype=complex), T)
+    V = np.ones((4, 2))
+    V[2, 1] = np.nan
+    with pytest.raises(NumericalError, match=r"vice: row 2 "):
+        concept_of_triplets(V, T)
