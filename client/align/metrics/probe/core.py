@@ -41,12 +41,14 @@ __all__ = [
     "FitOptions",
     "FitOutput",
     "ReductionCache",
+    "TripletObjective",
     "compress",
     "cross_entropy_t",
     "fit_weights",
     "fold_jobs",
     "initial_weights",
     "localise",
+    "map_chains",
     "map_folds",
     "predict_from_similarities",
     "similarities_t",
@@ -172,6 +174,70 @@ def map_folds(run: Callable[[int], None], k: int, n_jobs: int) -> None:
         torch.set_num_threads(total)
 
 
+def map_chains(step: Callable[[int, int], None], k: int, length: int, n_jobs: int) -> None:
+    """``step(i, pos)`` for ``k`` chains of ``length`` steps: within a chain in order
+    (pos 0, 1, ...; a step may use the one before it), chains in ``n_jobs`` threads
+    that split torch's intra-op threads between them (restored afterwards).
+
+    A free thread takes the next step of the chain with the most steps left (ties: the
+    lower ``i``) among the chains not running, so 3 folds on 2 threads keep both busy
+    until the last steps (fold by fold, the third fold would run alone on one thread at
+    the end). Serial (``n_jobs <= 1``): chain after chain. The first exception is
+    re-raised after the running steps end; no new step starts after it.
+    """
+    if n_jobs <= 1 or k <= 1:
+        for i in range(k):
+            for pos in range(length):
+                step(i, pos)
+        return
+    total = torch.get_num_threads()
+    per = max(1, total // n_jobs)
+    cond = threading.Condition()
+    next_pos = [0] * k
+    running = [False] * k
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        torch.set_num_threads(per)
+        while True:
+            with cond:
+                while True:
+                    if errors or all(p_ >= length for p_ in next_pos):
+                        return
+                    free = [i for i in range(k) if not running[i] and next_pos[i] < length]
+                    if free:
+                        break
+                    cond.wait()
+                i = min(free, key=lambda i_: (next_pos[i_], i_))
+                running[i] = True
+                pos = next_pos[i]
+            try:
+                step(i, pos)
+            except BaseException as exc:  # re-raised in the caller's thread
+                with cond:
+                    errors.append(exc)
+                    running[i] = False
+                    cond.notify_all()
+                return
+            with cond:
+                running[i] = False
+                next_pos[i] += 1
+                cond.notify_all()
+
+    workers = [
+        threading.Thread(target=worker, name=f"align-fold-{n}") for n in range(min(n_jobs, k))
+    ]
+    try:
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    finally:
+        torch.set_num_threads(total)
+    if errors:
+        raise errors[0]
+
+
 # ----------------------------------------------------------------------------- pieces
 
 
@@ -288,19 +354,22 @@ class ReductionCache:
         key = _digest(rows)
         basis = self._lookup(self._bases, key)
         if basis is None:
-            _, sv, Vt = np.linalg.svd(rows, full_matrices=False)
+            # torch's LAPACK honours the calling thread's torch thread count (numpy's
+            # OpenBLAS pool does not, and fights torch's OpenMP threads: 2-30x slower)
+            _, sv_t, Vt_t = torch.linalg.svd(torch.from_numpy(rows), full_matrices=False)
+            sv, Vt = sv_t.numpy(), Vt_t.numpy()
             r = int(np.sum(sv > sv[0] * 1e-10)) if sv.size and sv[0] > 0 else 0
             if r == 0:
                 raise InvalidInputError("X", "training rows are constant", "varying features")
-            basis = (Vt[:r].T, r)
+            basis = (np.ascontiguousarray(Vt[:r].T), r)
             self._store(self._bases, key, basis)
         V = basis[0]
         skey = key + _digest(W0)
         start = self._lookup(self._starts, skey)
         if start is None:
-            A0 = V.T @ W0
-            Qm, Rm = np.linalg.qr(A0.T)
-            start = (Qm.T, Rm.T)
+            A0 = torch.from_numpy(V).T @ torch.from_numpy(np.ascontiguousarray(W0))
+            Qm, Rm = torch.linalg.qr(A0.T)
+            start = (np.ascontiguousarray(Qm.T.numpy()), np.ascontiguousarray(Rm.T.numpy()))
             self._store(self._starts, skey, start)
         return V, start[0], start[1]
 
@@ -384,6 +453,9 @@ class _Fit:
         b: torch.Tensor | None,
         local: np.ndarray | None,
     ) -> FitOutput:
+        """Full-batch L-BFGS (torch's, strong Wolfe) on the objective with its closed-form
+        gradient (:class:`TripletObjective`, no autograd graph); repeated responses are
+        merged into distinct triplets with counts (the same weighted mean)."""
         uniq, counts = compress(trip)
         objs, tloc = localise(uniq)
         Xs64 = self.standardise(Xa[objs])
@@ -392,27 +464,27 @@ class _Fit:
         chunk_rows: list[torch.Tensor] = []
         if Ls64 is not None and self.extra is not None:
             targets64, chunk_rows = self.extra.setup(Ls64, True, self.tensor)
-        basis: tuple[np.ndarray, np.ndarray] | None = None
+        basis: tuple[torch.Tensor, torch.Tensor] | None = None
         stacked = Xs64 if Ls64 is None else np.vstack([Xs64, Ls64])
+        W0 = W.detach().to("cpu", torch.float64).numpy()
         if self.reducible() and stacked.shape[0] < stacked.shape[1]:
             # Exact reduction (TripletProbe's docstring): W = V B Q with V (p, r) spanning
             # the training (and unlabeled) rows and Q (r, p) the row space of V^T W0, so
             # optimise B (r, r). With at least as many rows as features it cannot reduce.
             # Both factorisations depend only on the rows and W0, not on the penalty: a
             # lambda grid over one fold computes them once (REDUCTIONS, same arrays).
-            V, Qt, Rm = REDUCTIONS.get(stacked, W.detach().to("cpu", torch.float64).numpy())
-            basis = (V, Qt)
-            Xs64 = Xs64 @ V
+            V, Qt, Rm = REDUCTIONS.get(stacked, W0)
+            Vt_, Qt_ = torch.from_numpy(V), torch.from_numpy(Qt)
+            basis = (Vt_, Qt_)
+            Xs64 = (torch.from_numpy(Xs64) @ Vt_).numpy()
             if Ls64 is not None:
-                Ls64 = Ls64 @ V
-            with torch.no_grad():
-                W = self.tensor(np.ascontiguousarray(Rm)).clone().requires_grad_(True)
-        Xs = self.tensor(Xs64)
-        Ls = None if Ls64 is None else self.tensor(Ls64)
-        targets = [self.tensor(t_.numpy()) for t_ in targets64]
-        chunks = [c_.to(Xs.device) for c_ in chunk_rows]
-        t = torch.as_tensor(tloc, device=Xs.device)
-        w = self.tensor(counts)
+                Ls64 = (torch.from_numpy(Ls64) @ Vt_).numpy()
+            W0 = np.ascontiguousarray(Rm)
+        objective = TripletObjective(
+            self, Xs64, tloc, counts, b is not None, Ls64, targets64, chunk_rows
+        )
+        with torch.no_grad():
+            W = self.tensor(np.ascontiguousarray(W0)).clone().requires_grad_(True)
         params = [W] if b is None else [W, b]
         max_iter = self.o.max_iter or DEFAULT_MAX_ITER["lbfgs"]
         opt = torch.optim.LBFGS(
@@ -425,30 +497,26 @@ class _Fit:
             history_size=20,
             line_search_fn="strong_wolfe",
         )
-        curve: list[float] = []
-        reg = self.o.reg
 
         def closure() -> torch.Tensor:
-            opt.zero_grad()
-            E = self.embed(Xs, W, b)
-            ce = cross_entropy_t(similarities_t(E, t), w)
-            ce = self.mix(ce, Ls, targets, chunks, W, b, None)
-            loss = ce + reg * self.penalty(W)
-            self.check_finite("loss", loss)
-            loss.backward()
-            self.check_finite("gradient", W.grad, None if b is None else b.grad)
-            curve.append(float(loss.detach()))
-            return loss
+            # the closed-form gradient (TripletObjective), no autograd graph
+            with torch.no_grad():
+                f, gW, gb = objective.evaluate(W, b)
+                W.grad = gW
+                if b is not None and gb is not None:
+                    b.grad = gb
+            return torch.tensor(f, dtype=torch.float64)
 
         opt.step(closure)
         self.check_finite("weights", W, b)
         n_iter = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
+        curve = objective.curve
         if basis is None:
             weights = self.weights_out(W)
             bias = None if b is None else self.weights_out(b)
         else:
-            B = W.detach().to("cpu", torch.float64).numpy()
-            weights, bias = basis[0] @ B @ basis[1], None
+            B = W.detach().to("cpu", torch.float64)
+            weights, bias = (basis[0] @ B @ basis[1]).numpy(), None
         return FitOutput(weights, bias, n_iter, curve, [])
 
     # -- Adam ------------------------------------------------------------------------
@@ -538,6 +606,162 @@ class _Fit:
             curve,
             val_curve,
         )
+
+
+class TripletObjective:
+    """The full-batch objective ``f(x) = data(W, b) + reg * R(W)`` and its gradient.
+
+    ``x`` is ``[vec(W), b]`` (float64; ``W`` (q, q) over the columns of ``Xs``, the
+    reduced ``B`` after the exact reduction). ``data`` is the count-weighted mean of
+    ``logsumexp(s) - s_ab`` over the distinct triplets (each distinct triplet once, with
+    its number of responses as weight: the same mean as over responses), passed through
+    the extra term's ``mix`` when there is one.
+
+    Gradient in closed form: with ``g = w * (softmax(s) - e_ab)`` per triplet,
+    ``dE_a = g_ab e_b + g_ac e_c`` (and likewise for b, c), back through the row
+    normalisation when ``normalize``, then ``dW = Xs^T dE`` and ``db = sum(dE)``. The
+    penalties: ``W / ||W||_F`` (unsquared; 0 at W = 0), ``2 W`` (squared), ``2 (W - mean(diag
+    W) I)`` (identity; the mean's own derivative cancels because the deviations of the
+    diagonal sum to zero). An extra term (gLocal) gets autograd for its own part only:
+    ``mix`` runs on a leaf ``ce`` so that ``d mix / d ce`` scales the closed-form
+    gradient and the rest comes from the local term's graph.
+
+    Precision: the matrices (``W``, ``Xs W``, ``Xs^T dE``, the gradient; the two matmuls
+    are the costly part) are in the fit's ``dtype``, as is torch's L-BFGS state; the
+    per-triplet terms (similarities, log-softmax, ``dE`` before its cast) and the
+    objective's sums are float64, so the loss L-BFGS compares against ``tol`` carries
+    no float32 rounding from the sums.
+    ``curve`` collects the objective at every evaluation.
+    """
+
+    def __init__(
+        self,
+        fit: _Fit,
+        Xs: np.ndarray,
+        tloc: np.ndarray,
+        counts: np.ndarray,
+        bias: bool,
+        Ls: np.ndarray | None = None,
+        targets: list[torch.Tensor] | None = None,
+        chunks: list[torch.Tensor] | None = None,
+    ) -> None:
+        self.fit = fit
+        self.dt = DTYPES[fit.o.dtype]
+        dev = fit.device
+        self.Xs = torch.as_tensor(Xs, dtype=self.dt, device=dev)
+        t = torch.as_tensor(tloc, device=dev)
+        self.ta, self.tb, self.tc = t[:, 0], t[:, 1], t[:, 2]
+        self.w = torch.as_tensor(counts / counts.sum(), dtype=torch.float64, device=dev)
+        q = self.Xs.shape[1]
+        self.shape = (q, q)
+        self.bias = bias
+        self.Ls = None if Ls is None else torch.as_tensor(Ls, dtype=self.dt, device=dev)
+        self.targets = [fit.tensor(t_.cpu().numpy()) for t_ in (targets or [])]
+        self.chunks = [c_.to(dev) for c_ in (chunks or [])]
+        self.curve: list[float] = []
+
+    def penalty(self, W: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """``R(W)`` (a Python float) and its gradient (``W``'s dtype)."""
+        kind = self.fit.o.reg_kind
+        if kind == "frobenius":
+            nrm = float(torch.linalg.vector_norm(W))
+            return nrm, (W / nrm if nrm > 0 else torch.zeros_like(W))
+        if kind == "squared":
+            return float((W * W).sum()), 2.0 * W
+        D = W - torch.diagonal(W).mean() * torch.eye(W.shape[0], dtype=W.dtype, device=W.device)
+        return float((D * D).sum()), 2.0 * D
+
+    def data_term(
+        self, W: torch.Tensor, b: torch.Tensor | None
+    ) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+        """The data term (a Python float) and its gradients in ``W`` and ``b`` (in the
+        fit's dtype, on the device)."""
+        fit = self.fit
+        E = self.Xs @ W.to(self.dt)
+        if b is not None:
+            E = E + b.to(self.dt)
+        E64 = E.to(torch.float64)
+        if fit.o.normalize:
+            nrm = E64.norm(dim=1, keepdim=True)
+            scale = nrm.clamp_min(1e-12)
+            En = E64 / scale
+        else:
+            En = E64
+        ta, tb, tc = self.ta, self.tb, self.tc
+        Ea, Eb, Ec = En[ta], En[tb], En[tc]
+        S = torch.stack(((Ea * Eb).sum(1), (Ea * Ec).sum(1), (Eb * Ec).sum(1)), dim=1)
+        # a fit in float32 must fail where float32 similarities would overflow, even
+        # though they are summed in float64 here (no silent rescue by the wider type)
+        fit.check_finite("similarities", S if self.dt == torch.float64 else S.to(self.dt))
+        ce = ((torch.logsumexp(S, dim=1) - S[:, 0]) * self.w).sum()
+        G = torch.softmax(S, dim=1)
+        G[:, 0] -= 1.0
+        G *= self.w[:, None]
+        g_ab, g_ac, g_bc = G[:, 0:1], G[:, 1:2], G[:, 2:3]
+        dEn = torch.zeros_like(En)
+        dEn.index_add_(0, ta, g_ab * Eb + g_ac * Ec)
+        dEn.index_add_(0, tb, g_ab * Ea + g_bc * Ec)
+        dEn.index_add_(0, tc, g_ac * Ea + g_bc * Eb)
+        if fit.o.normalize:
+            radial = (dEn * En).sum(1, keepdim=True)
+            dE = torch.where(nrm > 1e-12, dEn - En * radial, dEn) / scale
+        else:
+            dE = dEn
+        gW = self.Xs.T @ dE.to(self.dt)
+        gb = dE.sum(0).to(self.dt) if b is not None else None
+        value = float(ce)
+        if fit.extra is not None and self.Ls is not None:
+            ce_leaf = ce.detach().to(self.dt).requires_grad_(True)
+            Wl = W.detach().to(self.dt).requires_grad_(True)
+            bl = None if b is None else b.detach().to(self.dt).requires_grad_(True)
+            with torch.enable_grad():  # the L-BFGS closure runs under no_grad
+                total = fit.extra.mix(
+                    ce_leaf,
+                    self.Ls,
+                    self.targets,
+                    self.chunks,
+                    lambda R: fit.embed(R, Wl, bl),
+                    None,
+                )
+                if total.requires_grad:
+                    total.backward()
+            d_ce = 0.0 if ce_leaf.grad is None else float(ce_leaf.grad)
+            value = float(total.detach())
+            gW = d_ce * gW
+            if Wl.grad is not None:
+                gW = gW + Wl.grad
+            if gb is not None:
+                gb = d_ce * gb
+                if bl is not None and bl.grad is not None:
+                    gb = gb + bl.grad
+        return value, gW, gb
+
+    def evaluate(
+        self, W: torch.Tensor, b: torch.Tensor | None
+    ) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+        """The objective (a Python float) and its gradients in ``W`` and ``b`` (the fit's
+        dtype); appended to ``curve``; NumericalError when anything is NaN or infinite."""
+        fit = self.fit
+        value, gW, gb = self.data_term(W, b)
+        pen, gpen = self.penalty(W.detach().to(self.dt))
+        reg = fit.o.reg
+        f = value + reg * pen
+        gW.add_(gpen, alpha=reg)
+        if not math.isfinite(f):
+            fit.check_finite("loss", torch.tensor(f))
+        fit.check_finite("gradient", gW, gb)
+        self.curve.append(f)
+        return f, gW, gb
+
+    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(f, gradient)`` at the flat float64 vector ``x = [vec(W), b]``."""
+        q = self.shape[0] * self.shape[1]
+        xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
+        W = xt[:q].reshape(self.shape).to(self.fit.device)
+        b = xt[q:].to(self.fit.device) if self.bias else None
+        f, gW, gb = self.evaluate(W, b)
+        g = gW.reshape(-1) if gb is None else torch.cat([gW.reshape(-1), gb])
+        return f, g.to("cpu", torch.float64).numpy()
 
 
 def fit_weights(

@@ -41,11 +41,12 @@ from .core import (
     FitOutput,
     fit_weights,
     initial_weights,
+    localise,
     predict_from_similarities,
     softmax_np,
 )
 
-__all__ = ["TripletProbe", "clone"]
+__all__ = ["TripletProbe", "clone", "mean_cross_entropy"]
 
 E_ = TypeVar("E_", bound="TripletProbe")
 
@@ -54,6 +55,16 @@ def clone(estimator: E_) -> E_:
     """An unfitted estimator of the same class with (deep copies of) the same parameters."""
     params = {k: copy.deepcopy(v) for k, v in estimator.get_params().items()}
     return type(estimator)(**params)
+
+
+def mean_cross_entropy(S: np.ndarray) -> float:
+    """Mean of ``logsumexp(s) - s_ab`` over the rows of ``S`` (m, 3) (no penalty)."""
+    top = S.max(axis=1)
+    lse = top + np.log(np.exp(S - top[:, None]).sum(axis=1))
+    value = float(np.mean(lse - S[:, 0]))
+    if not math.isfinite(value):
+        raise NumericalError("probe cross-entropy is not finite; not scoring it")
+    return value
 
 
 class TripletProbe:
@@ -330,27 +341,45 @@ class TripletProbe:
         All-NaN rows (missing stimuli) stay all-NaN.
         """
         self._check_fitted()
-        normalize = check_bool(self.normalize, "normalize")
+        check_bool(self.normalize, "normalize")
         Xa, missing = check_features(X, "X")
         p = self.weights_.shape[0]
         if Xa.shape[1] != p:
             raise InvalidInputError("X", f"has {Xa.shape[1]} columns", f"{p}, as in training")
-        E = ((Xa - self.mean_) / self.std_) @ self.weights_
-        if self.bias_ is not None:
-            E = E + self.bias_
-        if normalize:
-            E = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+        E = self._embed(Xa)
         E[missing] = np.nan
         if not np.isfinite(E[~missing]).all():
             raise NumericalError("transformed features hold NaN or infinity; not scoring them")
         return E
 
+    def _embed(self, Xa: np.ndarray) -> np.ndarray:
+        """``((Xa - mean) / std) @ W + b`` (normalised rows when asked), float64. The
+        matmul runs in torch, on the calling thread's torch threads (numpy's OpenBLAS
+        pool is process-wide and fights torch's OpenMP threads when folds run in
+        threads)."""
+        Z = torch.from_numpy(np.ascontiguousarray((Xa - self.mean_) / self.std_))
+        E = (Z @ torch.from_numpy(np.ascontiguousarray(self.weights_, dtype=np.float64))).numpy()
+        if self.bias_ is not None:
+            E = E + self.bias_
+        if check_bool(self.normalize, "normalize"):
+            E = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+        return E
+
     def similarities(self, X: object, triplets: object) -> np.ndarray:
         """(m, 3) probe similarities ``[s_ab, s_ac, s_bc]``."""
-        E = self.transform(X)
-        trip = check_triplets(triplets, E.shape[0], "triplets")
-        check_present(trip, np.isnan(E).all(axis=1), "triplets")
-        a, b, c = E[trip[:, 0]], E[trip[:, 1]], E[trip[:, 2]]
+        self._check_fitted()
+        Xa, missing = check_features(X, "X")
+        p = self.weights_.shape[0]
+        if Xa.shape[1] != p:
+            raise InvalidInputError("X", f"has {Xa.shape[1]} columns", f"{p}, as in training")
+        trip = check_triplets(triplets, Xa.shape[0], "triplets")
+        check_present(trip, missing, "triplets")
+        # only the rows the triplets use are transformed (row by row the same numbers)
+        objs, local = localise(trip)
+        E = self._embed(Xa[objs])
+        if not np.isfinite(E).all():
+            raise NumericalError("transformed features hold NaN or infinity; not scoring them")
+        a, b, c = E[local[:, 0]], E[local[:, 1]], E[local[:, 2]]
         S = np.stack([(a * b).sum(1), (a * c).sum(1), (b * c).sum(1)], axis=1)
         if not np.isfinite(S).all():
             raise NumericalError("probe similarities hold NaN or infinity; not scoring them")
@@ -370,13 +399,7 @@ class TripletProbe:
 
     def loss(self, X: object, triplets: object) -> float:
         """Mean cross-entropy ``logsumexp(s) - s_ab`` over triplets (no penalty)."""
-        S = self.similarities(X, triplets)
-        top = S.max(axis=1)
-        lse = top + np.log(np.exp(S - top[:, None]).sum(axis=1))
-        value = float(np.mean(lse - S[:, 0]))
-        if not math.isfinite(value):
-            raise NumericalError("probe cross-entropy is not finite; not scoring it")
-        return value
+        return mean_cross_entropy(self.similarities(X, triplets))
 
     # -- persistence -----------------------------------------------------------------
 
