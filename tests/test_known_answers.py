@@ -1119,3 +1119,56 @@ def test_vice_embedding_checks() -> None:
     V[2, 1] = np.nan
     with pytest.raises(NumericalError, match=r"vice: row 2 "):
         concept_of_triplets(V, T)
+
+
+def test_rsa_refusals_name_the_subject_and_three_stimuli_suffice() -> None:
+    from align.errors import NumericalError
+    from scipy.spatial.distance import pdist
+
+    rng = np.random.default_rng(5)
+    H = _sym(rng, 2, 4)
+    # model dissimilarities spanning exactly 1 (cosine 0 .. 1) and human ones spanning
+    # exactly 1 are fine; the euclidean metric is the one asked for
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    H1 = np.array([[0, 1, 2, 1], [1, 0, 1, 2], [2, 1, 0, 1], [1, 2, 1, 0]], dtype=float)
+    r = rsa(X, H1, n_bootstrap=0)
+    assert r.score == pytest.approx(stats.spearmanr(pdist(X, "cosine"), _tri(H1)).statistic)
+    Y = rng.normal(size=(4, 3))
+    r = rsa(Y, H, rdm_metric="euclidean", n_bootstrap=0)
+    expected = np.mean([stats.spearmanr(pdist(Y), _tri(h)).statistic for h in H])
+    assert r.score == pytest.approx(expected)
+    # constant model or human dissimilarities: no correlation, said so
+    with pytest.raises(NumericalError, match="same model dissimilarity"):
+        rsa(np.ones((4, 3)), H, n_bootstrap=0)  # identical rows: every distance 0
+    with pytest.raises(NumericalError, match="the human RDM has the same value"):
+        rsa(Y, np.ones((4, 4)) - np.eye(4), n_bootstrap=0)
+    flat = np.stack([H[0], np.ones((4, 4)) - np.eye(4)])
+    with pytest.raises(NumericalError, match="subject 1 has the same value"):
+        rsa(Y, flat, n_bootstrap=0)
+    # 3 stimuli left after dropping a missing one is enough
+    W = rng.normal(size=(4, 3))
+    W[2] = np.nan
+    with pytest.warns(UserWarning, match="dropped 1 missing"):
+        r = rsa(W, H, n_bootstrap=0)
+    keep = [0, 1, 3]
+    sub = [
+        stats.spearmanr(pdist(W[keep], "cosine"), _tri(h[np.ix_(keep, keep)])).statistic for h in H
+    ]
+    assert r.score == pytest.approx(np.mean(sub))
+
+
+def test_noise_ceiling_of_two_subjects_and_an_undefined_one() -> None:
+    from align.errors import NumericalError
+    from align.metrics.rsa import rsa_noise_ceiling
+
+    rng = np.random.default_rng(6)
+    M = _sym(rng, 2, 6)
+    a, b = _tri(M[0]), _tri(M[1])
+    nc = rsa_noise_ceiling(M)  # spearman: lower = each subject vs the other one
+    assert nc.lower == pytest.approx(stats.spearmanr(a, b).statistic)
+    assert nc.upper == pytest.approx(
+        np.mean([stats.spearmanr(v, (a + b) / 2).statistic for v in (a, b)])
+    )
+    flat = np.stack([M[0], np.ones((6, 6)) - np.eye(6)])  # subject 1 constant
+    with pytest.raises(NumericalError):
+        rsa_noise_ceiling(flat, "pearson")
