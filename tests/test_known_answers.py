@@ -1172,3 +1172,66 @@ def test_noise_ceiling_of_two_subjects_and_an_undefined_one() -> None:
     flat = np.stack([M[0], np.ones((6, 6)) - np.eye(6)])  # subject 1 constant
     with pytest.raises(NumericalError):
         rsa_noise_ceiling(flat, "pearson")
+
+
+# ------------------------------------------------------------ bootstrap_mean_ci (mutants)
+
+
+def _exact_cluster_interval(sums, sizes, n_boot, seed, confidence):
+    """The stated sampler written out: the distinct (unit sum, unit size) values in
+    lexicographic order, one multinomial draw of the unit count per resample over their
+    frequencies, statistic = drawn sum / drawn size, numpy's linear percentiles."""
+    distinct, counts = np.unique(np.stack([sums, sizes], axis=1), axis=0, return_counts=True)
+    n = len(sums)
+    draws = np.random.default_rng(seed).multinomial(n, counts / n, size=n_boot)
+    boot = (draws @ distinct[:, 0]) / (draws @ distinct[:, 1])
+    tail = (1 - confidence) / 2
+    return tuple(np.quantile(boot, [tail, 1 - tail]))
+
+
+def test_bootstrap_mean_ci_is_the_exact_multinomial_over_distinct_units() -> None:
+    from align.metrics.bootstrap import bootstrap_mean_ci
+
+    rng = np.random.default_rng(8)
+    # integer values (not just 0/1) in groups of 1..4 members, labels with gaps (unused
+    # labels are not units) and singletons
+    sizes = rng.integers(1, 5, size=40)
+    labels = np.repeat(np.arange(40) * 3 + 2, sizes)  # 2, 5, 8, ...: gaps
+    vals = rng.integers(0, 7, size=labels.size).astype(float)
+    sums = np.bincount(np.repeat(np.arange(40), sizes), weights=vals)
+    ci = bootstrap_mean_ci(vals, groups=labels, n_bootstrap=500, confidence=0.9, seed=2)
+    assert ci == pytest.approx(_exact_cluster_interval(sums, sizes, 500, 2, 0.9), abs=1e-12)
+    # non-integer values (another encoding of the distinct units), as strings labels
+    fvals = vals + rng.random(vals.size)
+    fsums = np.bincount(np.repeat(np.arange(40), sizes), weights=fvals)
+    names = np.array([f"g{lab:03d}" for lab in labels])
+    ci = bootstrap_mean_ci(fvals, groups=names, n_bootstrap=500, confidence=0.9, seed=2)
+    assert ci == pytest.approx(_exact_cluster_interval(fsums, sizes, 500, 2, 0.9), abs=1e-12)
+    # no groups: each value a unit
+    ci = bootstrap_mean_ci(fvals, n_bootstrap=300, seed=5)
+    ones = np.ones(fvals.size)
+    assert ci == pytest.approx(_exact_cluster_interval(fvals, ones, 300, 5, 0.95), abs=1e-12)
+    # the defaults: 1000 resamples at 95 % with seed 0
+    assert bootstrap_mean_ci(fvals) == pytest.approx(
+        _exact_cluster_interval(fvals, ones, 1000, 0, 0.95), abs=1e-12
+    )
+    # one value is a sample; one resample is an interval (of one value)
+    assert bootstrap_mean_ci(np.array([0.25]), n_bootstrap=10) == (0.25, 0.25)
+    assert bootstrap_mean_ci(fvals, n_bootstrap=1) is not None
+
+
+def test_bootstrap_mean_ci_past_4096_distinct_values_draws_every_unit() -> None:
+    from align.metrics.bootstrap import bootstrap_mean_ci
+
+    # 5000 distinct values: units are drawn one by one (rng.integers(0, n, n) per
+    # resample, the same stream written out here). Unit 0 is huge, so whether it is
+    # drawn decides each resample.
+    n = 5000
+    x = np.random.default_rng(1).random(n)
+    x[0] = 1e6
+    rng = np.random.default_rng(3)
+    boot = [x[rng.integers(0, n, size=n)].mean() for _ in range(200)]
+    ci = bootstrap_mean_ci(x, n_bootstrap=200, seed=3)
+    assert ci == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])), rel=1e-12)
+    # unit 0 is drawn at least twice in more than 2.5 % of resamples (Poisson(1))
+    assert ci[1] > x[1:].mean() + 1.5e6 / n
