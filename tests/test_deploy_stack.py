@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.ports import free_port
+from tests.ports import free_port, wait_for
 from tests.test_deploy import DASHBOARD, REPO, dashboard_metric_names, environment, load_compose
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is not installed (extra 'serve')")
@@ -120,20 +120,17 @@ class Stack:
         test = self.compose[name]["healthcheck"]["test"]
         assert test[0] == "CMD", test
         argv = self.command(test[1:]) + extra
-        deadline = time.monotonic() + timeout_s
-        last = ""
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
             proc = self.procs[name]
             if proc.poll() is not None:
                 pytest.fail(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
             check = subprocess.run(
                 argv, cwd=REPO, env=self.env[name], capture_output=True, text=True, timeout=30
             )
-            if check.returncode == 0:
-                return
-            last = check.stderr.strip()
-            time.sleep(2)
-        pytest.fail(f"{name} not healthy after {timeout_s:.0f}s ({last}):\n{self.tail(name)}")
+            return check.returncode == 0
+
+        wait_for(f"{name}'s healthcheck", healthy, timeout_s, every_s=2.0)
 
     def tail(self, name: str, n: int = 40) -> str:
         try:

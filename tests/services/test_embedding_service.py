@@ -21,6 +21,7 @@ grpc = pytest.importorskip("grpc", reason="grpcio is not installed (extra 'serve
 
 from align.v1 import align_pb2  # noqa: E402
 
+from tests.ports import wait_for  # noqa: E402
 from tests.services.serve_fixtures import REPLICA_TORCH_THREADS  # noqa: E402
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -135,13 +136,12 @@ def _set_timm_batching(serve_embedding: Any, **user_config: Any) -> None:
             if dep["name"] == "TimmEmbedder":
                 dep["user_config"] = {**dep.get("user_config", {}), **user_config}
     deploy.deploy(config, timeout_s=120)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # a poll of the replica's own report, not a delay
+
+    def taken() -> bool:  # the replica's own report of its configuration
         current = _embedder_stats()["config"]
-        if all(current[k] == v for k, v in user_config.items()):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"TimmEmbedder did not take user_config {user_config}")
+        return all(current[k] == v for k, v in user_config.items())
+
+    wait_for(f"TimmEmbedder to take user_config {user_config}", taken, 120, every_s=0.2)
 
 
 def test_concurrent_requests_run_as_the_one_forward_batch_they_fill(

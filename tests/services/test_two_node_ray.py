@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import numpy as np
 import pytest
 
 from tests.ports import free_port as _free_port
+from tests.ports import wait_for
 from tests.services.serve_fixtures import DATA_DIR, WORKER_ENV, small_config
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -74,18 +74,6 @@ def session_members(sid: int) -> list[int]:
         if int(fields[3]) == sid:
             pids.append(int(entry.name))
     return pids
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout_s: float, every_s: float = 0.5) -> Any:
-    """Poll ``probe`` (an observation of Ray/Serve state) until it returns something truthy."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every_s)
-    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
 
 @dataclass
