@@ -1235,3 +1235,82 @@ def test_bootstrap_mean_ci_past_4096_distinct_values_draws_every_unit() -> None:
     assert ci == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])), rel=1e-12)
     # unit 0 is drawn at least twice in more than 2.5 % of resamples (Poisson(1))
     assert ci[1] > x[1:].mean() + 1.5e6 / n
+
+
+def test_distinct_rows_counts_equal_numpy_unique_on_every_path() -> None:
+    from align.metrics.bootstrap import _distinct_rows_counts
+
+    rng = np.random.default_rng(9)
+    cases = {
+        # many float levels in both columns: the combined code passes 10^7
+        "large codes": np.stack([rng.random(6000).round(4), rng.random(6000).round(4)], axis=1),
+        # whole numbers that are negative or past 2^20 are coded by rank
+        "big and negative integers": np.stack(
+            [rng.integers(-3, 3, 500), rng.integers(0, 3, 500) + (1 << 20)], axis=1
+        ).astype(float),
+        # combined codes past 2^62 (4 and 5 columns of 50,000 distinct values)
+        "4 huge columns": rng.random((50_000, 4)),
+        "5 huge columns": rng.random((50_000, 5)),
+    }
+    for name, rows in cases.items():
+        got, got_counts = _distinct_rows_counts(rows)
+        ref, ref_counts = np.unique(rows, axis=0, return_counts=True)
+        np.testing.assert_array_equal(got, ref, err_msg=name)
+        np.testing.assert_array_equal(got_counts, ref_counts, err_msg=name)
+
+
+def test_paired_cluster_difference_is_the_written_out_paired_resampling() -> None:
+    from align.errors import InvalidInputError
+    from align.metrics.bootstrap import paired_cluster_difference
+
+    rng = np.random.default_rng(10)
+    a = rng.random(30)
+    b = a + rng.normal(scale=0.1, size=30)
+
+    def loop(n_boot: int, seed: int, confidence: float) -> list[tuple[float, float]]:
+        draw = np.random.default_rng(seed)
+        s = np.array(
+            [[a[i].mean(), b[i].mean()] for i in (draw.integers(0, 30, 30) for _ in range(n_boot))]
+        )
+        tail = (1 - confidence) / 2
+        q = [tail, 1 - tail]
+        return [tuple(np.quantile(v, q)) for v in (s[:, 0], s[:, 1], s[:, 0] - s[:, 1])]
+
+    r = paired_cluster_difference(a, b)  # defaults: 1000 resamples, 95 %, seed 0
+    ref = loop(1000, 0, 0.95)
+    assert r.ci_a == pytest.approx(ref[0]) and r.ci_b == pytest.approx(ref[1])
+    assert r.ci_difference == pytest.approx(ref[2])
+    assert r.difference == pytest.approx(a.mean() - b.mean())
+    assert (r.n_units, r.n_values, r.n_bootstrap, r.confidence, r.seed, r.unit) == (
+        30,
+        30,
+        1000,
+        0.95,
+        0,
+        "value",
+    )
+    g = paired_cluster_difference(a, b, np.arange(30) // 2, n_bootstrap=0, seed=3, confidence=0.8)
+    assert g.ci_a is None and g.ci_b is None and g.ci_difference is None
+    assert (g.n_units, g.n_values, g.unit, g.seed, g.confidence) == (
+        15,
+        30,
+        "distinct triplet",
+        3,
+        0.8,
+    )
+    assert paired_cluster_difference(a, b, n_bootstrap=0, unit="subject").unit == "subject"
+    for args, field in [(([], b), "values_a"), ((a, b[:5]), "values_b")]:
+        with pytest.raises(InvalidInputError) as err:
+            paired_cluster_difference(*args)
+        assert err.value.field == field
+
+
+def test_distinct_triplet_groups_refuses_what_is_not_triplets() -> None:
+    from align.errors import InvalidInputError
+    from align.metrics.bootstrap import distinct_triplet_groups
+
+    assert distinct_triplet_groups([[0, 1, 2], [2, 1, 0], [0, 1, 3]]).tolist() == [0, 0, 1]
+    for bad in (np.zeros((4, 2), int), np.zeros((4, 4), int), np.zeros(3, int)):
+        with pytest.raises(InvalidInputError) as err:
+            distinct_triplet_groups(bad)
+        assert err.value.field == "triplets"
