@@ -1314,3 +1314,51 @@ def test_distinct_triplet_groups_refuses_what_is_not_triplets() -> None:
         with pytest.raises(InvalidInputError) as err:
             distinct_triplet_groups(bad)
         assert err.value.field == "triplets"
+
+
+# ------------------------------------------------------------------ ObjectKFold (mutants)
+
+
+def test_object_kfold_is_the_stated_object_split() -> None:
+    from align.errors import InvalidInputError
+    from align.metrics.splits import ObjectKFold
+
+    n, k, seed = 23, 4, 5
+    rng = np.random.default_rng(0)
+    T = np.array([rng.choice(n, 3, replace=False) for _ in range(300)])
+    kf = ObjectKFold(k, seed)
+    assert kf.get_n_splits() == 4 and repr(kf) == "ObjectKFold(n_splits=4, seed=5)"
+    # held-out objects: a seeded permutation of the objects cut into k near-equal parts
+    perm = np.random.default_rng(seed).permutation(n)
+    bounds = [0, 6, 12, 18, 23]  # 23 = 6 + 6 + 6 + 5
+    folds = kf.object_folds(n)
+    assert [f.tolist() for f in folds] == [
+        sorted(perm[bounds[i] : bounds[i + 1]].tolist()) for i in range(k)
+    ]
+    assert all(f.dtype == np.int64 for f in folds)
+    fold_of = kf.fold_of_objects(n)
+    assert fold_of.dtype == np.int64
+    for i, f in enumerate(folds):
+        assert (fold_of[f] == i).all()
+    # a triplet trains when none of its objects is held out, tests when all three are
+    splits = kf.split(n, T)
+    assert len(splits) == k
+    for i, (train, test) in enumerate(splits):
+        held = set(folds[i].tolist())
+        inside = [sum(int(o) in held for o in t) for t in T]
+        assert train.tolist() == [r for r, c in enumerate(inside) if c == 0]
+        assert test.tolist() == [r for r, c in enumerate(inside) if c == 3]
+    # defaults: 3 folds, seed 0
+    assert repr(ObjectKFold()) == "ObjectKFold(n_splits=3, seed=0)"
+    d = ObjectKFold().object_folds(9)
+    perm0 = np.random.default_rng(0).permutation(9)
+    assert [f.tolist() for f in d] == [sorted(perm0[3 * i : 3 * i + 3].tolist()) for i in range(3)]
+    # as many objects as folds is the minimum; 2 folds the fewest
+    assert len(ObjectKFold(2, 0).object_folds(2)) == 2
+    for bad in (
+        lambda: ObjectKFold(1, 0),
+        lambda: ObjectKFold(3, -1),
+        lambda: ObjectKFold(3, 0).object_folds(2),
+    ):
+        with pytest.raises(InvalidInputError):
+            bad()
