@@ -1362,3 +1362,36 @@ def test_object_kfold_is_the_stated_object_split() -> None:
     ):
         with pytest.raises(InvalidInputError):
             bad()
+
+
+def test_cluster_mean_on_each_sampler_is_the_written_out_resampling() -> None:
+    from align.errors import InvalidInputError
+    from align.metrics.bootstrap import cluster_mean
+
+    rng = np.random.default_rng(11)
+    # explicit draws (G x n_bootstrap <= 2e7): one rng.integers(0, G, G) per resample
+    v = rng.random(40)
+    r = cluster_mean(v)  # defaults: 1000 resamples, 95 %, seed 0, every value a unit
+    draw = np.random.default_rng(0)
+    boot = [v[draw.integers(0, 40, 40)].mean() for _ in range(1000)]
+    assert r.ci == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])))
+    assert (r.value, r.n_units, r.n_values) == (pytest.approx(v.mean()), 40, 40)
+    assert (r.n_bootstrap, r.confidence, r.seed, r.unit) == (1000, 0.95, 0, "value")
+    with pytest.raises(InvalidInputError) as err:
+        cluster_mean([])
+    assert err.value.field == "values"
+    # past 2e7 group draws with few distinct (sum, size) units: the exact multinomial
+    G = 21_000
+    sizes = rng.integers(1, 4, size=G)
+    labels = np.repeat(np.arange(G), sizes)
+    correct = (rng.random(labels.size) < 0.6).astype(float)
+    sums = np.bincount(labels, weights=correct)
+    r = cluster_mean(correct, labels, n_bootstrap=1000, confidence=0.9, seed=4)
+    assert r.ci == pytest.approx(_exact_cluster_interval(sums, sizes, 1000, 4, 0.9), abs=1e-12)
+    assert r.unit == "distinct triplet" and r.n_units == G
+    # past 2e7 draws and past 4096 distinct units: units drawn one by one
+    x = rng.random(G)
+    r = cluster_mean(x, n_bootstrap=1000, seed=6)
+    draw = np.random.default_rng(6)
+    boot = [x[draw.integers(0, G, size=G)].sum() / G for _ in range(1000)]
+    assert r.ci == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])), abs=1e-12)
