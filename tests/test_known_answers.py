@@ -1353,15 +1353,20 @@ def test_object_kfold_is_the_stated_object_split() -> None:
     d = ObjectKFold().object_folds(9)
     perm0 = np.random.default_rng(0).permutation(9)
     assert [f.tolist() for f in d] == [sorted(perm0[3 * i : 3 * i + 3].tolist()) for i in range(3)]
-    # as many objects as folds is the minimum; 2 folds the fewest
+    # as many objects as folds is the minimum; 2 folds the fewest; whole numbers only
     assert len(ObjectKFold(2, 0).object_folds(2)) == 2
-    for bad in (
-        lambda: ObjectKFold(1, 0),
-        lambda: ObjectKFold(3, -1),
-        lambda: ObjectKFold(3, 0).object_folds(2),
-    ):
-        with pytest.raises(InvalidInputError):
+    refusals = [
+        (lambda: ObjectKFold(1, 0), "n_splits"),
+        (lambda: ObjectKFold(2.5, 0), "n_splits"),
+        (lambda: ObjectKFold(3, -1), "seed"),
+        (lambda: ObjectKFold(3, 0.5), "seed"),
+        (lambda: ObjectKFold(3, 0).object_folds(2), "n_objects"),
+        (lambda: ObjectKFold(3, 0).object_folds(7.5), "n_objects"),
+    ]
+    for bad, field in refusals:
+        with pytest.raises(InvalidInputError) as err:
             bad()
+        assert err.value.field == field
 
 
 def test_cluster_mean_on_each_sampler_is_the_written_out_resampling() -> None:

@@ -128,6 +128,9 @@ def test_present_refuses_triplets_over_missing_rows() -> None:
         (2.5, {"integer": True}, "an integer"),
         (1, {"integer": True, "minimum": 2}, "an integer >= 2"),
         (3, {"maximum": 2}, "a finite number <= 2"),
+        (2, {"maximum": 2, "include_maximum": False}, "a finite number < 2"),
+        (0.0, {"minimum": 0, "maximum": 1, "include_minimum": False}, "a finite number in (0, 1]"),
+        (1.5, {"minimum": 0, "maximum": 1}, "a finite number in [0, 1]"),
     ],
 )
 def test_scalar_refusals(value: object, kwargs: dict, expected: str) -> None:
@@ -141,6 +144,8 @@ def test_scalar_refusals(value: object, kwargs: dict, expected: str) -> None:
 
 
 def test_scalar_accepts_and_converts() -> None:
+    assert check_scalar(1, "x", minimum=0, maximum=1) == 1.0  # bounds included by default
+    assert check_scalar(0, "x", minimum=0, maximum=1, include_maximum=False) == 0.0
     assert check_scalar(np.float32(0.5), "x", minimum=0, maximum=1) == 0.5
     v = check_scalar(np.int64(3), "n", integer=True, minimum=1)
     assert v == 3 and type(v) is int
@@ -155,6 +160,7 @@ def test_choice_and_bool() -> None:
     with pytest.raises(InvalidInputError, match="similarity"):
         check_choice(["dot"], "similarity", ("cosine", "dot"))
     assert check_bool(np.bool_(False), "flag") is False
+    assert check_bool(True, "flag") is True and check_bool(np.bool_(True), "flag") is True
     for bad in (0, 1, "yes", None):
         with pytest.raises(InvalidInputError) as err:
             check_bool(bad, "flag")
@@ -228,3 +234,28 @@ def test_evaluate_names_the_stimulus_and_the_dataset_rows() -> None:
     with pytest.raises(InvalidInputError) as err:
         evaluate_features(np.ones((2, 2)), ds)
     assert err.value.field == "features" and "stimulus of 'toy'" in str(err.value.expected)
+
+
+def test_defaults_and_boundaries_of_features_and_triplets() -> None:
+    # the default field names
+    with pytest.raises(InvalidInputError) as err:
+        check_features(np.zeros(3))
+    assert err.value.field == "features"
+    with pytest.raises(InvalidInputError) as err:
+        check_triplets([[0, 1, 5]], 5)
+    assert err.value.field == "triplets[0]"
+    with pytest.raises(InvalidInputError) as err:
+        check_present(np.array([[0, 1, 2]]), np.array([True, False, False]))
+    assert err.value.field == "triplets[0]"
+    # one row and one column are a feature matrix; the missing mask is per row
+    out, missing = check_features(np.ones((1, 1)))
+    assert out.shape == (1, 1) and missing.tolist() == [False]
+    _, missing = check_features(np.ones((3, 5)))
+    assert missing.dtype == bool and missing.shape == (3,) and not missing.any()
+    # index n_objects is out of range (0-based), and is the row named
+    with pytest.raises(InvalidInputError) as err:
+        check_triplets([[0, 1, 2], [0, 1, 3]], 3, "t")
+    assert err.value.field == "t[1]"
+    # a repeat in the first two positions
+    with pytest.raises(InvalidInputError, match="repeats a stimulus"):
+        check_triplets([[2, 2, 1]], 3)
