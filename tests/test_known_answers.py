@@ -395,8 +395,12 @@ def _local_loss_np(Xs: np.ndarray, E: np.ndarray, temperature: float) -> float:
     return float(-(P * logq).sum(1).mean())
 
 
-@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.9])
-def test_glocal_first_objective_weighs_global_and_local_by_alpha(alpha: float) -> None:
+@pytest.mark.parametrize(
+    ("alpha", "optimizer"), [(0.25, "lbfgs"), (0.5, "lbfgs"), (0.9, "lbfgs"), (0.5, "adam")]
+)
+def test_glocal_first_objective_weighs_global_and_local_by_alpha(
+    alpha: float, optimizer: str
+) -> None:
     # total = (1 - alpha) CE + alpha L_local + reg R(W), at W0 = tau I, one local batch
     # (local_batch_size >= rows), written here in numpy from the gLocal paper's formula.
     from align.metrics.glocal import GLocalProbe
@@ -413,6 +417,9 @@ def test_glocal_first_objective_weighs_global_and_local_by_alpha(alpha: float) -
         init="identity",
         tau=tau,
         max_iter=2,
+        optimizer=optimizer,
+        batch_size=1024,  # Adam: one batch, so its first loss is the objective at W0
+        val_fraction=0.0,  # (and every triplet in it)
     ).fit(X, T, X_local=L)
     W0 = tau * np.eye(X.shape[1])
     ce_and_pen = _numpy_objective(X, T, W0, reg, "frobenius", False)
@@ -1400,3 +1407,88 @@ def test_cluster_mean_on_each_sampler_is_the_written_out_resampling() -> None:
     draw = np.random.default_rng(6)
     boot = [x[draw.integers(0, G, size=G)].sum() / G for _ in range(1000)]
     assert r.ci == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])), abs=1e-12)
+
+
+# ----------------------------------------------------------------- gLocal helpers (mutants)
+
+
+def test_local_loss_defaults_and_checks() -> None:
+    from align.errors import InvalidInputError
+    from align.metrics.glocal import local_loss
+
+    rng = np.random.default_rng(12)
+    X, E = rng.normal(size=(6, 1)), rng.normal(size=(6, 1))  # one column is fine
+    assert local_loss(X, E) == pytest.approx(_local_loss_np(X, E, 0.1))  # default 0.1
+    two = rng.normal(size=(2, 3))
+    assert local_loss(two, two * 2.0, 0.5) == pytest.approx(_local_loss_np(two, two * 2.0, 0.5))
+    for args, field in [
+        ((np.ones(3), E), "X"),
+        ((X, np.ones(3)), "E"),
+        ((X, E[:5]), "E"),
+        ((X[:1], E[:1]), "E"),
+        ((X, E, 0.0), "temperature"),
+        ((X, E, -1.0), "temperature"),
+    ]:
+        with pytest.raises(InvalidInputError) as err:
+            local_loss(*args)
+        assert err.value.field == field
+
+
+def _knn_loop(X: np.ndarray, E: np.ndarray, k: int) -> float:
+    """Share of each row's k cosine neighbours (itself excluded, ties to the lower
+    index) kept in E, a loop."""
+
+    def nn(A: np.ndarray, i: int) -> set[int]:
+        cos = [
+            (-(A[i] @ A[j]) / (np.linalg.norm(A[i]) * np.linalg.norm(A[j])), j)
+            for j in range(len(A))
+            if j != i
+        ]
+        return {j for _, j in sorted(cos)[:k]}
+
+    return float(np.mean([len(nn(X, i) & nn(E, i)) / k for i in range(len(X))]))
+
+
+def test_knn_overlap_defaults_ties_missing_rows_and_bounds() -> None:
+    from align.errors import InvalidInputError
+    from align.metrics.glocal import knn_overlap
+
+    rng = np.random.default_rng(13)
+    X, E = rng.normal(size=(15, 4)), rng.normal(size=(15, 4))
+    assert knn_overlap(X, E) == pytest.approx(_knn_loop(X, E, 10))  # default k = 10
+    # cosine: rows of tiny norm are the same directions
+    assert knn_overlap(X * 1e-3, E * 1e-3, 3) == pytest.approx(_knn_loop(X, E, 3))
+    # 40 rows in 4 directions: every neighbour list is decided by the tie rule
+    D = rng.normal(size=(4, 3))
+    T = D[np.arange(40) % 4]  # identical rows: exactly equal cosines
+    F = rng.normal(size=(5, 3))[np.arange(40) % 5]  # ties in E too, another pattern
+    assert knn_overlap(T, F, 5) == pytest.approx(_knn_loop(T, F, 5))
+    # a row missing in either set is dropped from both
+    Xm, Em = X.copy(), E.copy()
+    Xm[3] = np.nan
+    Em[7] = np.nan
+    keep = [i for i in range(15) if i not in (3, 7)]
+    assert knn_overlap(Xm, Em, 4) == pytest.approx(_knn_loop(X[keep], E[keep], 4))
+    # k from 1 to n - 1, whole numbers only
+    assert knn_overlap(X, E, 1) == pytest.approx(_knn_loop(X, E, 1))
+    assert knn_overlap(X, E, 14) == 1.0  # every other row
+    for bad_k in (0, 15, 2.5):
+        with pytest.raises(InvalidInputError) as err:
+            knn_overlap(X, E, bad_k)
+        assert err.value.field == "k"
+    for args, field in [((np.ones(3), E), "X"), ((X, np.ones(3)), "E")]:
+        with pytest.raises(InvalidInputError) as err:
+            knn_overlap(*args)
+        assert err.value.field == field
+
+
+def test_local_chunks_are_a_seeded_partition_without_one_row_chunks() -> None:
+    from align.metrics.glocal import LocalNeighbourhoodTerm
+
+    for n, size, sizes in [(9, 4, [4, 5]), (10, 4, [4, 4, 2]), (4, 4, [4]), (3, 8, [3])]:
+        chunks = LocalNeighbourhoodTerm(0.5, 0.1, size, seed=3).chunks(n)
+        assert [len(c) for c in chunks] == sizes
+        assert sorted(np.concatenate(chunks).tolist()) == list(range(n))
+    a = LocalNeighbourhoodTerm(0.5, 0.1, 4, seed=3).chunks(10)
+    b = LocalNeighbourhoodTerm(0.5, 0.1, 4, seed=3).chunks(10)
+    assert all((x == y).all() for x, y in zip(a, b, strict=True))  # fixed for a seed
