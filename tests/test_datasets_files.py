@@ -338,3 +338,68 @@ def test_a_relative_folder_path_loads(tmp_path: Path, monkeypatch) -> None:
     _write(root / "triplets.csv", "# convention: odd-one-out\ncat,dog,bus\n")
     monkeypatch.chdir(tmp_path)
     assert load_dataset("myset").triplets is not None
+
+
+def test_derived_csv_format_and_its_errors(tmp_path: Path) -> None:
+    # header obj1,obj2,obj3,odd_one_out_position_1to3,subject_id; 0-based objects; the
+    # odd one out moves to column 2 (others keep their order), subjects as given
+    path = _write(
+        tmp_path / "d.csv",
+        "obj1,obj2,obj3,odd_one_out_position_1to3,subject_id\n"
+        "# a comment\n"
+        "5,6,7,1,12\n"
+        "\n"
+        "0,1853,2,2,3\n"
+        "9,8,4,3,12\n",
+    )
+    t, subjects = read_things_triplets(path)
+    assert t.tolist() == [[6, 7, 5], [0, 2, 1853], [9, 8, 4]]
+    assert subjects is not None and subjects.tolist() == [12, 3, 12]
+    raw, _ = read_things_triplets(path, order="raw")
+    order = _sortindex()  # raw index -> concept index, independently from its file
+    assert raw.tolist() == order[np.array([[6, 7, 5], [0, 2, 1853], [9, 8, 4]])].tolist()
+    bad = {
+        "5,6,7,1\n": r"line 2: has 4 columns",
+        "5,6,x,1,1\n": r"line 2: obj3 is 'x'",
+        "5,6,1854,1,1\n": r"line 2: object index 1854",
+        "5,6,-1,1,1\n": r"line 2: object index -1",
+        "5,6,7,4,1\n": r"line 2: odd_one_out_position_1to3 4",
+        "5,6,7,0,1\n": r"line 2: odd_one_out_position_1to3 0",
+    }
+    header = "obj1,obj2,obj3,odd_one_out_position_1to3,subject_id\n"
+    for row, message in bad.items():
+        p = _write(tmp_path / "bad.csv", header + row)
+        with pytest.raises(InvalidInputError, match=message):
+            read_things_triplets(p)
+    with pytest.raises(InvalidInputError, match="has a header but no data rows"):
+        read_things_triplets(_write(tmp_path / "empty.csv", header))
+
+
+def test_zero_based_npy_and_text_details(tmp_path: Path) -> None:
+    # whole floats are indices; the last valid index is N - 1; rows come out as given
+    np.save(tmp_path / "f.npy", np.array([[0.0, 1.0, 1853.0], [4.0, 3.0, 2.0]]))
+    t, subjects = read_things_triplets(tmp_path / "f.npy")
+    assert t.dtype == np.int64 and t.tolist() == [[0, 1, 1853], [4, 3, 2]] and subjects is None
+    np.save(tmp_path / "u.npy", np.array([[0, 1, 2]], dtype=np.uint16))
+    assert read_things_triplets(tmp_path / "u.npy")[0].tolist() == [[0, 1, 2]]
+    cases = {
+        "half.npy": (np.array([[0.0, 1.0, 2.0], [0.0, 1.5, 2.0]]), r"half\.npy, row 1"),
+        "nan.npy": (np.array([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [np.nan, 1, 2]]), r"row 2"),
+        "big.npy": (np.array([[0, 1, 2], [1854, 1, 2]]), r"big\.npy, row 1 .*out of range"),
+        "str.npy": (np.array([["0", "1", "2"]]), r"str\.npy: holds <U1"),
+        "empty.npy": (np.zeros((0, 3), dtype=int), r"has shape \(0, 3\)"),
+        "flat.npy": (np.zeros(3, dtype=int), r"has shape \(3,\)"),
+    }
+    for name, (arr, message) in cases.items():
+        np.save(tmp_path / name, arr)
+        with pytest.raises(InvalidInputError, match=message):
+            read_things_triplets(tmp_path / name)
+    # text: comments and blank lines are skipped but counted in the line numbers
+    path = _write(tmp_path / "z.txt", "# header\n0 1 2\n\n3 4 1853\n")
+    assert read_things_triplets(path)[0].tolist() == [[0, 1, 2], [3, 4, 1853]]
+    for text, message in {
+        "# c\n0 1 2\n\n3 -4 5\n": r"line 4: object index -4",
+        "0 1 2\n3 4.5 5\n": r"line 2",
+    }.items():
+        with pytest.raises(InvalidInputError, match=message):
+            read_things_triplets(_write(tmp_path / "zb.txt", text))
