@@ -1492,3 +1492,40 @@ def test_local_chunks_are_a_seeded_partition_without_one_row_chunks() -> None:
     a = LocalNeighbourhoodTerm(0.5, 0.1, 4, seed=3).chunks(10)
     b = LocalNeighbourhoodTerm(0.5, 0.1, 4, seed=3).chunks(10)
     assert all((x == y).all() for x, y in zip(a, b, strict=True))  # fixed for a seed
+
+
+def test_glocal_probe_checks_its_options_and_passes_its_fit_arguments_on() -> None:
+    from align.errors import InvalidInputError
+    from align.metrics.glocal import GLocalProbe
+
+    X, T = probe_data()
+    L = np.random.default_rng(7).normal(size=(12, X.shape[1]))
+    refusals = [
+        ({"alpha": -0.1}, "alpha"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"local_batch_size": 1}, "local_batch_size"),
+        ({"local_batch_size": 2.5}, "local_batch_size"),
+    ]
+    for kwargs, field in refusals:
+        with pytest.raises(InvalidInputError) as err:
+            GLocalProbe(max_iter=1, **kwargs).fit(X, T, X_local=L)
+        assert err.value.field == field
+    for X_local in (np.ones(5), L[:1], np.vstack([L[:1], np.full((3, X.shape[1]), np.nan)])):
+        with pytest.raises(InvalidInputError) as err:
+            GLocalProbe(max_iter=1).fit(X, T, X_local=X_local)
+        assert err.value.field == "X_local"
+    # two unlabeled rows, a local batch of two and alpha = 1 are allowed
+    GLocalProbe(alpha=1.0, local_batch_size=2, max_iter=1).fit(X, T, X_local=L[:2])
+    # init_weights: the first objective is the one at the given weights
+    W = 0.3 * np.eye(X.shape[1])
+    kw = dict(alpha=0.5, temperature=0.5, local_batch_size=64, reg=0.2, max_iter=1)
+    a = GLocalProbe(**kw).fit(X, T, X_local=L, init_weights=W)
+    b = GLocalProbe(init="identity", tau=0.3, **kw).fit(X, T, X_local=L)
+    assert a.loss_curve_[0] == pytest.approx(b.loss_curve_[0], rel=1e-12)
+    # explicit validation triplets reach Adam's early stopping (other than the seeded
+    # hold-out of the training triplets it uses without them)
+    adam = dict(alpha=0.5, local_batch_size=64, optimizer="adam", max_iter=3, lr=0.01)
+    with_val = GLocalProbe(**adam).fit(X, T, X_local=L, X_val=X, val_triplets=T[:30])
+    without = GLocalProbe(**adam).fit(X, T, X_local=L)
+    assert not np.array_equal(with_val.weights_, without.weights_)
