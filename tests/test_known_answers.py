@@ -1529,3 +1529,24 @@ def test_glocal_probe_checks_its_options_and_passes_its_fit_arguments_on() -> No
     with_val = GLocalProbe(**adam).fit(X, T, X_local=L, X_val=X, val_triplets=T[:30])
     without = GLocalProbe(**adam).fit(X, T, X_local=L)
     assert not np.array_equal(with_val.weights_, without.weights_)
+
+
+def test_bootstrap_options_are_checked_and_named() -> None:
+    from align.errors import InvalidInputError
+    from align.metrics.bootstrap import check_bootstrap_options
+
+    check_bootstrap_options(0, 0.5, 0)  # no resamples, any confidence in (0, 1), seed 0
+    for args, field in [
+        ((True, 0.95, 0), "n_bootstrap"),
+        ((1.5, 0.95, 0), "n_bootstrap"),
+        ((-1, 0.95, 0), "n_bootstrap"),
+        ((10, 0.0, 0), "confidence"),
+        ((10, 1.0, 0), "confidence"),
+        ((10, True, 0), "confidence"),
+        ((10, 0.95, -1), "seed"),
+        ((10, 0.95, True), "seed"),
+        ((10, 0.95, 1.5), "seed"),
+    ]:
+        with pytest.raises(InvalidInputError) as err:
+            check_bootstrap_options(*args)
+        assert err.value.field == field, args
