@@ -1485,7 +1485,13 @@ def test_knn_overlap_defaults_ties_missing_rows_and_bounds() -> None:
 def test_local_chunks_are_a_seeded_partition_without_one_row_chunks() -> None:
     from align.metrics.glocal import LocalNeighbourhoodTerm
 
-    for n, size, sizes in [(9, 4, [4, 5]), (10, 4, [4, 4, 2]), (4, 4, [4]), (3, 8, [3])]:
+    for n, size, sizes in [
+        (9, 4, [4, 5]),
+        (5, 4, [5]),
+        (10, 4, [4, 4, 2]),
+        (4, 4, [4]),
+        (3, 8, [3]),
+    ]:
         chunks = LocalNeighbourhoodTerm(0.5, 0.1, size, seed=3).chunks(n)
         assert [len(c) for c in chunks] == sizes
         assert sorted(np.concatenate(chunks).tolist()) == list(range(n))
@@ -1526,7 +1532,8 @@ def test_glocal_probe_checks_its_options_and_passes_its_fit_arguments_on() -> No
     # explicit validation triplets reach Adam's early stopping (other than the seeded
     # hold-out of the training triplets it uses without them)
     adam = dict(alpha=0.5, local_batch_size=64, optimizer="adam", max_iter=3, lr=0.01)
-    with_val = GLocalProbe(**adam).fit(X, T, X_local=L, X_val=X, val_triplets=T[:30])
+    X_val = X + np.random.default_rng(8).normal(scale=0.5, size=X.shape)
+    with_val = GLocalProbe(**adam).fit(X, T, X_local=L, X_val=X_val, val_triplets=T[:30])
     without = GLocalProbe(**adam).fit(X, T, X_local=L)
     assert not np.array_equal(with_val.weights_, without.weights_)
 
@@ -1550,3 +1557,23 @@ def test_bootstrap_options_are_checked_and_named() -> None:
         with pytest.raises(InvalidInputError) as err:
             check_bootstrap_options(*args)
         assert err.value.field == field, args
+
+
+def test_glocal_default_objective_averages_the_local_loss_over_chunks_of_512() -> None:
+    # defaults: temperature 0.1, local batches of 512 rows; 600 unlabeled rows make two
+    # chunks (512 + 88) whose local losses are averaged, then weighed by alpha
+    from align.metrics.glocal import GLocalProbe, LocalNeighbourhoodTerm
+
+    X, T = probe_data()
+    L = np.random.default_rng(9).normal(size=(600, X.shape[1]))
+    alpha, tau, reg = 0.5, 0.8, 0.2
+    probe = GLocalProbe(alpha=alpha, reg=reg, init="identity", tau=tau, max_iter=1, seed=0)
+    probe.fit(X, T, X_local=L)
+    W0 = tau * np.eye(X.shape[1])
+    pen = reg * float(np.sqrt((W0**2).sum()))
+    ce = _numpy_objective(X, T, W0, reg, "frobenius", False) - pen
+    Ls = (L - X.mean()) / X.std()
+    chunks = LocalNeighbourhoodTerm(alpha, 0.1, 512, seed=0).chunks(600)  # seeded rows
+    assert sorted(len(c) for c in chunks) == [88, 512]
+    local = np.mean([_local_loss_np(Ls[c], Ls[c] @ W0, 0.1) for c in chunks])
+    assert probe.loss_curve_[0] == pytest.approx((1 - alpha) * ce + alpha * local + pen, rel=1e-9)
