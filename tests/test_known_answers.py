@@ -1577,3 +1577,31 @@ def test_glocal_default_objective_averages_the_local_loss_over_chunks_of_512() -
     assert sorted(len(c) for c in chunks) == [88, 512]
     local = np.mean([_local_loss_np(Ls[c], Ls[c] @ W0, 0.1) for c in chunks])
     assert probe.loss_curve_[0] == pytest.approx((1 - alpha) * ce + alpha * local + pen, rel=1e-9)
+
+
+def test_cluster_mean_units_do_not_depend_on_how_groups_are_labelled() -> None:
+    from align.metrics.bootstrap import cluster_mean, paired_cluster_difference
+
+    rng = np.random.default_rng(14)
+    sizes = rng.integers(1, 4, size=25)
+    compact = np.repeat(np.arange(25), sizes)  # 0..24
+    v = rng.random(compact.size)
+    w = v + rng.normal(scale=0.1, size=v.size)
+    # the written-out loop over the 25 units (one rng.integers(0, 25, 25) per resample)
+    sums, n = np.bincount(compact, weights=v), np.bincount(compact)
+    draw = np.random.default_rng(2)
+    boot = []
+    for _ in range(300):
+        c = np.bincount(draw.integers(0, 25, 25), minlength=25)
+        boot.append(c @ sums / (c @ n))
+    ref = tuple(np.quantile(boot, [0.025, 0.975]))
+    for labels in (
+        compact,
+        compact * 7 + 3,
+        compact - 10,
+        np.array([f"u{i:02d}" for i in compact]),
+    ):
+        r = cluster_mean(v, labels, n_bootstrap=300, seed=2)
+        assert r.n_units == 25 and r.ci == pytest.approx(ref, abs=1e-12), labels[:3]
+        d = paired_cluster_difference(v, w, labels, n_bootstrap=300, seed=2)
+        assert d.ci_a == pytest.approx(ref, abs=1e-12)
