@@ -44,6 +44,10 @@ class Bug:
     old: str
     new: str
     count: int = 1  # how many times ``old`` occurs (every occurrence is replaced)
+    more: tuple[tuple[str, str, int], ...] = ()  # further (old, new, count) in the same file
+
+    def edits(self) -> list[tuple[str, str, int]]:
+        return [(self.old, self.new, self.count), *self.more]
 
 
 BUGS: list[Bug] = [
@@ -56,8 +60,8 @@ BUGS: list[Bug] = [
     Bug(
         "lambda chosen by training cross-entropy",
         "metrics/probe/cv.py",
-        "ce[j, i] = est.loss(Xa, trip[test])",
-        "ce[j, i] = est.loss(Xa, train_trip)",
+        "ce[j, i] = mean_cross_entropy(S)",
+        "ce[j, i] = mean_cross_entropy(est.similarities(Xa, train_trip))",
     ),
     Bug(
         "final probe refit on a third of the triplets",
@@ -72,23 +76,63 @@ BUGS: list[Bug] = [
         "return ce + alpha",
         count=2,  # the full-batch and the mini-batch branch
     ),
+    # the probe has two objective implementations (autograd for Adam, closed-form
+    # gradient for L-BFGS): a bug in the objective is planted in both
     Bug(
         "identity regulariser replaced by a squared norm",
         "metrics/probe/core.py",
         "return ((W - torch.diagonal(W).mean() * eye) ** 2).sum()",
         "return (W * W).sum()",
+        more=(
+            (
+                "D = W - torch.diagonal(W).mean() * torch.eye(W.shape[0], dtype=W.dtype, "
+                "device=W.device)",
+                "D = W",
+                1,
+            ),
+        ),
     ),
     Bug(
         "unsquared Frobenius replaced by a squared norm",
         "metrics/probe/core.py",
         "return torch.linalg.norm(W)",
         "return (W * W).sum()",
+        more=(
+            (
+                "nrm = float(torch.linalg.vector_norm(W))\n"
+                "            return nrm, (W / nrm if nrm > 0 else torch.zeros_like(W))",
+                "return float((W * W).sum()), 2.0 * W",
+                1,
+            ),
+        ),
     ),
     Bug(
         "normalize=True ignored in training",
         "metrics/probe/core.py",
         "if self.o.normalize:\n            E = E / E.norm(",
         "if False:\n            E = E / E.norm(",
+        more=(("if fit.o.normalize:", "if False:", 2),),
+    ),
+    # the same three in the closed-form (L-BFGS) objective alone
+    Bug(
+        "identity regulariser replaced by a squared norm, L-BFGS objective only",
+        "metrics/probe/core.py",
+        "D = W - torch.diagonal(W).mean() * torch.eye(W.shape[0], dtype=W.dtype, device=W.device)",
+        "D = W",
+    ),
+    Bug(
+        "unsquared Frobenius replaced by a squared norm, L-BFGS objective only",
+        "metrics/probe/core.py",
+        "nrm = float(torch.linalg.vector_norm(W))\n"
+        "            return nrm, (W / nrm if nrm > 0 else torch.zeros_like(W))",
+        "return float((W * W).sum()), 2.0 * W",
+    ),
+    Bug(
+        "normalize=True ignored in training, L-BFGS objective only",
+        "metrics/probe/core.py",
+        "if fit.o.normalize:",
+        "if False:",
+        count=2,
     ),
     Bug(
         "Adam early stopping removed (no break)",
@@ -148,14 +192,16 @@ def plant(library: Path, bug: Bug | None, dest: Path) -> Path:
     if bug is not None:
         f = dest / "align" / bug.path
         text = f.read_text()
-        n = text.count(bug.old)
-        if n != bug.count:
-            raise SystemExit(
-                f"plant site of {bug.name!r} occurs {n} times in {bug.path} "
-                f"(expected {bug.count}): "
-                f"update tools/plant_bugs.py to the current code\n  {bug.old!r}"
-            )
-        f.write_text(text.replace(bug.old, bug.new))
+        for old, new, count in bug.edits():
+            n = text.count(old)
+            if n != count:
+                raise SystemExit(
+                    f"plant site of {bug.name!r} occurs {n} times in {bug.path} "
+                    f"(expected {count}): update tools/plant_bugs.py to the current code"
+                    f"\n  {old!r}"
+                )
+            text = text.replace(old, new)
+        f.write_text(text)
     return dest
 
 
@@ -215,7 +261,9 @@ def main() -> int:
     bugs = [b for b in BUGS if args.only is None or args.only.lower() in b.name.lower()]
     if args.list:
         for b in bugs:
-            print(f"{b.name}: {b.path}\n  - {b.old!r}\n  + {b.new!r}")
+            print(f"{b.name}: {b.path}")
+            for old, new, count in b.edits():
+                print(f"  - {old!r} (x{count})\n  + {new!r}")
         return 0
     rows: dict[str, list[str]] = {}
     rev = None if args.rev == "worktree" else args.rev
