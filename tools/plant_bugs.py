@@ -35,6 +35,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from mutation import export_library  # noqa: E402  (one git-archive export for both tools)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,18 +173,6 @@ BUGS: list[Bug] = [
         "rng = np.random.default_rng(0)",
     ),
 ]
-
-
-def export_library(rev: str | None, dest: Path) -> Path:
-    """``client/align`` of commit ``rev`` (None: the work tree) under ``dest``."""
-    if rev is None:
-        return ROOT / "client" / "align"
-    dest.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "archive", rev, "client/align"], cwd=ROOT, capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest / "client" / "align"
 
 
 def plant(library: Path, bug: Bug | None, dest: Path) -> Path:
