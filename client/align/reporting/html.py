@@ -140,7 +140,8 @@ def make_figures(
                 f"Per-VICE-dimension zero-shot accuracy of {r['source']['id']} (weights "
                 f"{r['source']['weights_digest'][:12]}), sorted; n = human responses whose "
                 "chosen pair loads most on the dimension. Dimensions are named by their "
-                "three highest-loading objects (the VICE file has no labels). " + ptxt,
+                "best-matching labelled SPoSE dimension (r), then their top objects; "
+                "intervals and distinct-triplet counts are in the Concepts table. " + ptxt,
             )
         )
     pt = F.transfer(results, fig_dir, prov)
