@@ -21,7 +21,6 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -49,7 +48,6 @@ __all__ = [
     "initial_weights",
     "localise",
     "map_chains",
-    "map_folds",
     "predict_from_similarities",
     "similarities_t",
     "softmax_np",
@@ -148,30 +146,6 @@ def fold_jobs(n_jobs: int | None, k: int, n_threads: int | None) -> int:
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
         raise InvalidInputError("n_jobs", f"is {n_jobs!r}", "None or an integer >= 1")
     return min(n_jobs, k)
-
-
-def map_folds(run: Callable[[int], None], k: int, n_jobs: int) -> None:
-    """``run(i)`` for i in range(k): in order, or in ``n_jobs`` threads that split
-    torch's intra-op threads between them (restored afterwards). Each thread sets its
-    own count (OpenMP keeps it per thread); torch ops and BLAS release the GIL, so the
-    fits use the cores in parallel. The first exception is re-raised."""
-    if n_jobs <= 1 or k <= 1:
-        for i in range(k):
-            run(i)
-        return
-    total = torch.get_num_threads()
-    per = max(1, total // n_jobs)
-
-    def job(i: int) -> None:
-        torch.set_num_threads(per)
-        run(i)
-
-    try:
-        with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="align-fold") as pool:
-            for _ in pool.map(job, range(k)):
-                pass
-    finally:
-        torch.set_num_threads(total)
 
 
 def map_chains(step: Callable[[int, int], None], k: int, length: int, n_jobs: int) -> None:
