@@ -107,7 +107,7 @@ def stage(module: str, rev: str | None) -> Path:
     # files that already exist in mutants/), so every run starts from a fresh copy.
     shutil.rmtree(where / "mutants", ignore_errors=True)
     (where / "src").mkdir(parents=True, exist_ok=True)
-    library = export_library(rev, BUILD / "export")
+    library = export_library(rev, BUILD / "export" / where.name)  # runs may overlap
     for src, dst in ((f"{library}/", "src/align/"), (f"{ROOT}/tests/", "tests/")):
         subprocess.run(
             ["rsync", "-a", "--delete", "--exclude", "__pycache__", src, f"{where}/{dst}"],
