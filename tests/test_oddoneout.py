@@ -478,3 +478,175 @@ def test_anchor_majority_and_ceiling_by_hand() -> None:
     responses = anchor_accuracy(X, T, n_bootstrap=0)
     assert responses.accuracy == pytest.approx(0.5)  # responses 0 and 2 right, 1 and 3 wrong
     assert responses.normalized == pytest.approx((0.5 - 0.5) / (2 / 3 - 0.5))
+
+
+# --------------------------------------------------------------------------- ceilings, loops
+
+
+def ref_answers(T: np.ndarray, convention: str) -> dict[tuple[int, ...], list[int]]:
+    """Answers per distinct triplet, in response order (METHODS.md section 2): the
+    unordered set of three objects and its odd one out, or the anchor with the unordered
+    pair of the others and the one judged closer to the anchor."""
+    out: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for a, b, c in T.tolist():
+        if convention == "odd-one-out":
+            out[tuple(sorted((a, b, c)))].append(c)
+        else:
+            out[(a, min(b, c), max(b, c))].append(b)
+    return out
+
+
+def ref_loo_ceiling(T: np.ndarray, convention: str = "odd-one-out") -> float:
+    """Leave-one-response-out ceiling written from its definition: each response of a
+    distinct triplet answered at least twice against the majority of the OTHER responses
+    (1/k when k answers tie for it and the response is one of them); mean over the
+    triplet's responses, then over distinct triplets."""
+    per_triplet = []
+    for answers in ref_answers(T, convention).values():
+        if len(answers) < 2:
+            continue
+        scores = []
+        for r, mine in enumerate(answers):
+            others = Counter(answers[:r] + answers[r + 1 :])
+            top = max(others.values())
+            tied = [x for x, k in others.items() if k == top]
+            scores.append(1 / len(tied) if mine in tied else 0.0)
+        per_triplet.append(sum(scores) / len(scores))
+    return sum(per_triplet) / len(per_triplet)
+
+
+def ref_in_sample_ceiling(T: np.ndarray, convention: str = "odd-one-out") -> float:
+    shares = [
+        max(Counter(v).values()) / len(v) for v in ref_answers(T, convention).values() if len(v) > 1
+    ]
+    return sum(shares) / len(shares)
+
+
+def tie_rich_responses(rng: np.random.Generator, n: int, m: int, convention: str) -> np.ndarray:
+    """``m`` responses over few objects (many repeats, all kinds of answer ties), each in
+    the stored convention with its two first objects in random order."""
+    rows = []
+    for _ in range(m):
+        objs = [int(x) for x in rng.choice(n, size=3, replace=False)]
+        if convention == "odd-one-out":
+            objs.sort()  # the set; a skewed choice of its odd one out
+            odd = objs.pop(int(rng.choice(3, p=[0.5, 0.3, 0.2])))
+            a, b = objs if rng.random() < 0.5 else objs[::-1]
+            rows.append([a, b, odd])
+        else:  # anchor objs[0]; the closer one skewed toward the smaller id
+            lo, hi = sorted(objs[1:])
+            closer, other = (lo, hi) if rng.random() < 0.6 else (hi, lo)
+            rows.append([objs[0], closer, other])
+    return np.array(rows, dtype=np.int64)
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        ([7, 7], 1.0),  # each response agrees with the other one
+        ([7, 8], 0.0),  # each response disagrees with the other one
+        ([7, 7, 8], 1 / 3),  # 7s: others tie 7/8 -> 1/2 each; 8: others all 7 -> 0
+        ([7, 7, 7, 8], 3 / 4),  # 7s: others' majority 7 -> 1; 8 -> 0
+        ([7, 7, 8, 8], 0.0),  # removing one leaves the other answer the unique majority
+        ([7, 7, 8, 9], 1 / 6),  # 7s: others tie three ways -> 1/3 each; 8, 9 -> 0
+        ([7, 7, 7, 8, 8], 3 / 10),  # 7s: others tie 7/8 -> 1/2 each; 8s -> 0
+        ([7, 8, 9], 0.0),
+    ],
+)
+def test_loo_ceiling_of_one_triplet_by_hand(answers: list[int], expected: float) -> None:
+    """One distinct triplet {7, 8, 9} answered len(answers) times (odd one out given)."""
+    from align.metrics.oddoneout import loo_noise_ceiling
+
+    T = np.array([[*sorted({7, 8, 9} - {odd}), odd] for odd in answers])
+    assert loo_noise_ceiling(T) == pytest.approx(expected, abs=1e-15)
+    assert ref_loo_ceiling(T) == pytest.approx(expected, abs=1e-15)
+    # the in-sample share of the top answer, for contrast
+    assert noise_ceiling(T) == pytest.approx(max(Counter(answers).values()) / len(answers))
+    if 9 not in answers:  # anchor 9 with the pair {7, 8}: the same answers as "closer"
+        A = np.array([[9, x, 15 - x] for x in answers])
+        assert ooo.loo_noise_ceiling(A, convention="anchor") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("convention", ["odd-one-out", "anchor"])
+@pytest.mark.parametrize("offset", [0, 1_200_000], ids=["packed-keys", "lexsort"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ceilings_equal_the_loops_of_their_definitions(
+    convention: str, offset: int, seed: int
+) -> None:
+    """Both ceilings against loops over responses, with many ties; object ids past 1.1
+    million take the grouping path whose keys do not fit int64."""
+    rng = np.random.default_rng(seed)
+    T = tie_rich_responses(rng, 6, 150, convention)
+    T = np.vstack([T, tie_rich_responses(rng, 40, 10, convention) + 6])  # mostly singletons
+    T += offset
+    assert ooo.loo_noise_ceiling(T, convention=convention) == pytest.approx(
+        ref_loo_ceiling(T, convention), abs=1e-12
+    )
+    assert noise_ceiling(T, convention=convention) == pytest.approx(
+        ref_in_sample_ceiling(T, convention), abs=1e-12
+    )
+
+
+@pytest.mark.parametrize("convention", ["odd-one-out", "anchor"])
+@pytest.mark.parametrize("variant", ["responses", "majority"])
+def test_scores_and_both_ceilings_equal_loops_with_ties(convention: str, variant: str) -> None:
+    """Integer features (exact similarity ties, a duplicate and a zero row) on tie-rich
+    responses: accuracy, full ties, both ceilings and both normalisations against loops
+    (responses: each response scored; majority: 1/k credit when the prediction on the
+    distinct triplet's canonical order is one of the k most common answers)."""
+    rng = np.random.default_rng(3)
+    X = rng.integers(-1, 2, size=(8, 3)).astype(np.float64)
+    X[5] = X[2]
+    X[6] = 0.0
+    T = tie_rich_responses(rng, 8, 400, convention)
+    rows = X.tolist()
+    sim = {(i, j): ref_similarity(rows[i], rows[j], "cosine") for i in range(8) for j in range(8)}
+    chance = 1 / 3 if convention == "odd-one-out" else 1 / 2
+
+    def predicted(a: int, b: int, c: int) -> int | None:
+        """The answer object the model gives (None on a full/exact tie)."""
+        if convention == "anchor":
+            if sim[a, b] == sim[a, c]:
+                return None
+            return b if sim[a, b] > sim[a, c] else c
+        pos = ref_predict(X, np.array([[a, b, c]]), "cosine")[0]
+        return None if pos < 0 else (a, b, c)[pos]
+
+    if variant == "responses":
+        answer_col = 2 if convention == "odd-one-out" else 1
+        preds = [predicted(*t) for t in T.tolist()]
+        values = [p == t[answer_col] for p, t in zip(preds, T.tolist(), strict=True)]
+        n_ties = sum(p is None for p in preds)
+    else:
+        values, n_ties = [], 0
+        for key, answers in ref_answers(T, convention).items():
+            counts = Counter(answers)
+            top = max(counts.values())
+            majority = [x for x, k in counts.items() if k == top]
+            p = predicted(*key)
+            n_ties += p is None
+            values.append(1 / len(majority) if p in majority else 0.0)
+    expected = sum(values) / len(values)
+    score = odd_one_out if convention == "odd-one-out" else anchor_accuracy
+    r = score(X, T, variant=variant, n_bootstrap=0)
+    assert r.accuracy == pytest.approx(expected, abs=1e-12)
+    assert r.n_triplets == len(values) and r.n_full_ties == n_ties and r.chance == chance
+    assert r.n_distinct == len(ref_answers(T, convention)) and r.n_responses == len(T)
+    loo, ins = ref_loo_ceiling(T, convention), ref_in_sample_ceiling(T, convention)
+    assert r.ceiling == pytest.approx(ins, abs=1e-12) and r.ceiling_source == "data"
+    assert r.ceiling_loo == pytest.approx(loo, abs=1e-12)
+    assert r.normalized == pytest.approx((expected - chance) / (ins - chance), abs=1e-12)
+    if loo > chance:
+        assert r.normalized_loo == pytest.approx((expected - chance) / (loo - chance))
+    else:
+        assert r.normalized_loo is None
+    given = score(X, T, variant=variant, n_bootstrap=0, ceiling=0.9)
+    assert given.ceiling == 0.9 and given.ceiling_loo is None and given.normalized_loo is None
+
+
+def test_things_loo_ceiling_is_0_6439(data_dir: Path) -> None:
+    """METHODS.md section 2: 0.6439 on the 20,000 THINGS responses, as the loop gives."""
+    T = stored_convention(read_raw_things(data_dir), one_based=True)
+    loo = ooo.loo_noise_ceiling(T)
+    assert loo == pytest.approx(ref_loo_ceiling(T), abs=1e-12)
+    assert loo == pytest.approx(0.6439, abs=5e-5)

@@ -250,3 +250,47 @@ def test_transfer_fit_for_things48_never_sees_its_objects(
     # the composed transform still applies to every row, the target's included
     E = apply_transform(X[excluded], transform)
     assert np.isfinite(E).all() and E.shape[0] == 48
+
+
+def test_save_transform_writes_the_thingsvision_npz(tmp_path: Path) -> None:
+    """METHODS.md section 3, "Export": ``transform.npz`` with keys weights (p x p float32),
+    bias (p,) float32 when used, mean and std (scalars), plus any extra arrays; it reads
+    back (np.load and read_transform_file) to the same arrays and the same mapping."""
+    from align.metrics.transfer import read_transform_file, save_transform
+
+    rng = np.random.default_rng(7)
+    W = rng.normal(size=(5, 5))
+    b = rng.normal(size=5)
+    given = {"weights": W, "bias": b, "mean": 1.25, "std": 3.5}
+    path = tmp_path / "transform.npz"
+    assert save_transform(given, path, extra={"labels": np.arange(3)}) == path
+    with np.load(path, allow_pickle=False) as npz:
+        raw = {k: npz[k] for k in npz.files}
+    assert sorted(raw) == ["bias", "labels", "mean", "std", "weights"]
+    assert raw["weights"].dtype == np.float32 and raw["weights"].shape == (5, 5)
+    np.testing.assert_array_equal(raw["weights"], W.astype(np.float32))
+    assert raw["bias"].dtype == np.float32 and raw["bias"].shape == (5,)
+    np.testing.assert_array_equal(raw["bias"], b.astype(np.float32))
+    for key, value in (("mean", 1.25), ("std", 3.5)):
+        assert raw[key].shape == () and raw[key].dtype == np.float64 and raw[key] == value
+    np.testing.assert_array_equal(raw["labels"], [0, 1, 2])
+    back = read_transform_file(path)
+    assert sorted(back) == sorted(raw)
+    for key in raw:
+        np.testing.assert_array_equal(back[key], raw[key])
+    X = rng.normal(size=(4, 5))
+    expected = ((X - 1.25) / 3.5) @ W.astype(np.float32).astype(np.float64)
+    expected += b.astype(np.float32)
+    np.testing.assert_allclose(apply_transform(X, path), expected, rtol=1e-12)
+
+    # without a bias there is no bias key; a saved file saves again to the same arrays
+    plain = tmp_path / "plain.npz"
+    save_transform({"weights": np.eye(2), "mean": 0, "std": 1}, plain)
+    with np.load(plain) as npz:
+        assert sorted(npz.files) == ["mean", "std", "weights"]
+        assert npz["weights"].dtype == np.float32 and npz["mean"].dtype == np.float64
+    again = save_transform(str(path), tmp_path / "again.npz")
+    with np.load(again) as npz:
+        assert sorted(npz.files) == ["bias", "mean", "std", "weights"]
+        np.testing.assert_array_equal(npz["weights"], raw["weights"])
+        np.testing.assert_array_equal(npz["bias"], raw["bias"])
