@@ -294,3 +294,66 @@ def test_save_transform_writes_the_thingsvision_npz(tmp_path: Path) -> None:
         assert sorted(npz.files) == ["bias", "mean", "std", "weights"]
         np.testing.assert_array_equal(npz["weights"], raw["weights"])
         np.testing.assert_array_equal(npz["bias"], raw["bias"])
+
+
+def test_transform_scalars_and_probe_attributes_are_validated() -> None:
+    """mean/std: one finite number (a one-element array of any shape is that number);
+    booleans, strings and several values are refused and named. A probe-like object
+    without ``bias_`` has no bias; one without mean_/std_ is refused by its class name."""
+    W = np.eye(2)
+    t = load_transform({"weights": W, "mean": np.array([2.0]), "std": np.array([[4.0]])})
+    assert (t.mean, t.std, t.bias) == (2.0, 4.0, None)
+    for bad in (np.array([0.0, 1.0]), True, np.array(["a"]), "a"):
+        with pytest.raises(InvalidInputError) as err:
+            load_transform({"weights": W, "mean": bad, "std": 1.0})
+        assert err.value.field == "transform:mean"
+
+    class Fitted:
+        def __init__(self, **attrs: object) -> None:
+            self.__dict__.update(attrs)
+
+    probe = load_transform(Fitted(weights_=2 * W, mean_=1.0, std_=0.5))
+    assert probe.bias is None and probe.source == "Fitted"
+    np.testing.assert_array_equal(apply_transform(np.ones((1, 2)), probe), [[0.0, 0.0]])
+    with pytest.raises(InvalidInputError, match="'mean', 'std'") as err:
+        load_transform(Fitted(weights_=W))
+    assert err.value.field == "Fitted"
+
+
+def test_transform_file_with_pickled_objects_is_refused(tmp_path: Path) -> None:
+    """A transform.npz is read without unpickling (no code from a file runs)."""
+    from align.metrics.transfer import read_transform_file
+
+    path = tmp_path / "evil.npz"
+    np.savez(path, weights=np.array([{"a": 1}], dtype=object), mean=0.0, std=1.0)
+    with pytest.raises(InvalidInputError, match=r"not a readable \.npz"):
+        read_transform_file(path)
+
+
+def test_apply_transform_checks_features_and_names_the_bad_row() -> None:
+    """Features: a numeric (n, p) matrix (integers welcome) with p = the weights' rows
+    (a non-square transform maps p -> k); the first non-finite row of a present
+    stimulus and the first row mapped to zero (before normalising) are named by index."""
+    W = np.arange(8.0).reshape(4, 2) - 3.0  # 4 features -> 2
+    t = {"weights": W, "mean": 1.0, "std": 2.0}
+    Xi = np.array([[1, 2, 3, 4], [0, 0, 1, 1], [5, 1, 0, 2]])
+    np.testing.assert_array_equal(apply_transform(Xi, t), ((Xi - 1.0) / 2.0) @ W)
+    for bad in (np.ones(4), np.array([["a", "b", "c", "d"]])):
+        with pytest.raises(InvalidInputError) as err:
+            apply_transform(bad, t)
+        assert err.value.field == "features"
+    X = np.ones((4, 4))
+    X[0] = np.nan  # a missing stimulus: allowed
+    X[2, 1] = np.inf
+    from align.errors import NumericalError
+
+    with pytest.raises(NumericalError, match="row 2 has NaN or infinite"):
+        apply_transform(X, t)
+    # rows 2 and 3 map to the zero vector; row 1 has norm exactly 1; row 0 missing
+    ident = {"weights": np.eye(2), "mean": 0.0, "std": 1.0}
+    Z = np.array([[np.nan, np.nan], [0.6, 0.8], [0.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(NumericalError, match="row 2 maps to the zero vector"):
+        apply_transform(Z, ident, normalize=True)
+    Y = np.array([[np.nan, np.nan], [0.6, 0.8], [3.0, -4.0], [0.0, 2.0]])
+    want = np.array([[np.nan, np.nan], [0.6, 0.8], [0.6, -0.8], [0.0, 1.0]])
+    np.testing.assert_allclose(apply_transform(Y, ident, normalize=True), want, rtol=1e-15)
