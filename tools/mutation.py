@@ -202,6 +202,22 @@ def main() -> int:
         help="keep each module's last staged library and mutants; copy the current tests "
         "in and re-test only the mutants that were not killed (after adding tests)",
     )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep each module's staged library and the results of the mutants already "
+        "checked; copy the current tests in and run the mutants not yet checked (a run "
+        "that was stopped goes on where it was)",
+    )
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run only the mutants whose names match these fnmatch patterns (repeatable; "
+        "e.g. 'align.metrics.probe.core.x_compress*'); the others keep their status or "
+        "stay 'not checked'",
+    )
     args = ap.parse_args()
     modules = args.modules or modules_present()
     summary_path = BUILD / "summary.json"
@@ -238,12 +254,30 @@ def main() -> int:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        where = stage(module, rev)
+        if args.resume:
+            where = stage_dir(module)
+            previous = (
+                json.loads(summary_path.read_text()).get(module, {})
+                if (summary_path.exists())
+                else {}
+            )
+            commit = previous.get("commit", commit)
+            dirty = "\n".join(previous.get("uncommitted", []))
+            for dst in (where / "tests", where / "mutants" / "tests"):
+                subprocess.run(
+                    ["rsync", "-a", "--delete", "--exclude", "__pycache__",
+                     f"{ROOT}/tests/", f"{dst}/"],
+                    check=True,
+                )  # fmt: skip
+        else:
+            where = stage(module, rev)
         write_config(where, module, tests)
         print(f"== {module}: tests {', '.join(tests)}", flush=True)
         started = time.time()
         rc = subprocess.run(
-            [mutmut, "run", "--max-children", str(args.max_children)], cwd=where, env=env
+            [mutmut, "run", "--max-children", str(args.max_children), *args.only],
+            cwd=where,
+            env=env,
         ).returncode
         status = mutant_status(module)
         update_summary(
