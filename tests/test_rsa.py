@@ -519,3 +519,64 @@ def test_bootstrap_with_ties_and_degenerate_resamples_equals_naive_rebuild(metho
         tail = (1 - confidence) / 2
         assert result.ci is not None
         assert result.ci == pytest.approx(tuple(np.nanquantile(naive, [tail, 1 - tail])), abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["spearman", "pearson", "kendall_tau_a"])
+def test_bootstrap_with_a_constant_human_side_in_some_resamples_equals_naive_rebuild(
+    method: str,
+) -> None:
+    # 4 stimuli; the human dissimilarities among stimuli 0, 1, 2 are all 1.0 and those
+    # to stimulus 3 differ: every resample without stimulus 3 has a constant human side
+    # (and a varying model side), no correlation there (NaN, left out), as scipy says
+    X = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.1, 0.2, 1.0], [0.5, 0.5, 0.5]])
+    H = np.ones((4, 4))
+    H[3, :3] = H[:3, 3] = [2.0, 3.0, 5.0]
+    H[np.arange(4), np.arange(4)] = 0.0
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        naive = _naive_bootstrap(X, H, method, 300, seed=2)
+    result = rsa(X, H, method=method, n_bootstrap=300, seed=2)
+    assert result.options["n_bootstrap_valid"] == int(np.isfinite(naive).sum()) < 300
+    assert result.ci is not None
+    assert result.ci == pytest.approx(tuple(np.nanquantile(naive, [0.025, 0.975])), abs=1e-9)
+
+
+def test_ceilings_record_the_method_and_pooling_they_used() -> None:
+    from align.metrics.rsa import split_half_ceiling
+
+    rng = np.random.default_rng(8)
+    A = rng.random((3, 6, 6))
+    A = A + A.transpose(0, 2, 1)
+    A[:, np.arange(6), np.arange(6)] = 0.0
+    for method in ("pearson", "kendall_tau_a"):
+        nc = rsa_noise_ceiling(A, method, pooling="normalized")
+        assert (nc.method, nc.pooling, nc.n_subjects) == (method, "normalized", 3)
+        sh = split_half_ceiling(A[:2], method)
+        assert (sh.method, sh.pooling, sh.n_subjects) == (method, "split-half", 2)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "normalized"])
+def test_noise_ceiling_is_refused_when_one_leave_one_out_mean_is_constant(pooling: str) -> None:
+    # subjects 0 and 1 add up to a constant: the mean of the others of subject 2 is
+    # constant, so its lower bound (a Spearman correlation with a constant) does not
+    # exist, while every upper bound does; ranks of a and 3 - a add up to a constant too
+    rng = np.random.default_rng(9)
+    iu = np.triu_indices(5, 1)
+    a = rng.random(iu[0].size)
+    vecs = [a, 3.0 - a, rng.random(iu[0].size)]
+    M = np.zeros((3, 5, 5))
+    for k, v in enumerate(vecs):
+        M[k][iu] = v
+        M[k] = M[k] + M[k].T
+    with pytest.raises(NumericalError, match="noise ceiling is undefined"):
+        rsa_noise_ceiling(M, "spearman", pooling=pooling)
+
+
+def test_spearman_noise_ceiling_names_a_constant_subject() -> None:
+    rng = np.random.default_rng(10)
+    A = rng.random((2, 5, 5))
+    A = A + A.transpose(0, 2, 1)
+    A[1] = 1.0
+    A[:, np.arange(5), np.arange(5)] = 0.0
+    with pytest.raises(NumericalError, match="subject 1 has the same value for every pair"):
+        rsa_noise_ceiling(A)
