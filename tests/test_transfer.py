@@ -11,7 +11,7 @@ import pytest
 import scipy.stats as ss
 from align.errors import DataMissingError, InvalidInputError
 from align.metrics.transfer import apply_transform, load_transform, transfer_rsa
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 
 
 @pytest.fixture(scope="module")
@@ -357,3 +357,67 @@ def test_apply_transform_checks_features_and_names_the_bad_row() -> None:
     Y = np.array([[np.nan, np.nan], [0.6, 0.8], [3.0, -4.0], [0.0, 2.0]])
     want = np.array([[np.nan, np.nan], [0.6, 0.8], [0.6, -0.8], [0.0, 1.0]])
     np.testing.assert_allclose(apply_transform(Y, ident, normalize=True), want, rtol=1e-15)
+
+
+def test_l2_normalize_rows_of_integers_missing_and_zero_rows() -> None:
+    """Rows divided by their Euclidean norm in float64 (integer input too); all-NaN rows
+    stay all-NaN; a present zero row is refused by its index; a unit row is kept."""
+    from align.errors import NumericalError
+    from align.metrics.transfer import l2_normalize_rows
+
+    X = np.array([[3, 4], [0, 1], [-5, 12]])
+    got = l2_normalize_rows(X)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, [[0.6, 0.8], [0.0, 1.0], [-5 / 13, 12 / 13]], rtol=1e-15)
+    Y = np.array([[np.nan, np.nan], [0.6, 0.8], [0.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(NumericalError, match="row 2 is the zero vector"):
+        l2_normalize_rows(Y)
+    Y[2:] = [[2.0, 0.0], [0.0, -0.5]]
+    want = np.array([[np.nan, np.nan], [0.6, 0.8], [1.0, 0.0], [0.0, -1.0]])
+    np.testing.assert_allclose(l2_normalize_rows(Y), want, rtol=1e-15)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_transfer_rsa_passes_every_option_and_describes_the_transform(normalize: bool) -> None:
+    """Small synthetic case: a non-square transform with bias, human SIMILARITY matrices
+    of three subjects (negated into RDMs), Pearson on euclidean RDMs. Before and after
+    are the mean over subjects of scipy's Pearson (METHODS.md section 5) on the raw (or
+    L2-normalised) and the transformed rows; the paired interval is the stated paired
+    stimulus bootstrap with the same options; the result names the transform."""
+    from align.metrics.rsa import paired_rsa_delta
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(10, 4)) + 2.0
+    t = {"weights": rng.normal(size=(4, 3)), "bias": rng.normal(size=3), "mean": 0.5, "std": 2}
+    base = rng.normal(size=(10, 2))
+    noisy = [base + rng.normal(scale=s, size=base.shape) for s in (0.3, 1.0, 2.0)]
+    sims = np.stack([-squareform(pdist(b, "sqeuclidean")) for b in noisy])  # (3, 10, 10)
+    opts = {"method": "pearson", "rdm_metric": "euclidean", "n_bootstrap": 40}
+    opts.update({"confidence": 0.8, "seed": 5})
+    if normalize:
+        result = transfer_rsa(X, sims, "similarity", t, normalize=True, **opts)
+    else:
+        result = transfer_rsa(X, sims, "similarity", t, **opts)  # default: raw rows
+    E = ((X - 0.5) / 2.0) @ t["weights"] + t["bias"]
+    Xb = X
+    if normalize:
+        E /= np.linalg.norm(E, axis=1, keepdims=True)
+        Xb = X / np.linalg.norm(X, axis=1, keepdims=True)
+    iu = np.triu_indices(10, 1)
+
+    def score(F: np.ndarray) -> float:
+        return float(np.mean([ss.pearsonr(pdist(F), -m[iu])[0] for m in sims]))
+
+    assert result.before.score == pytest.approx(score(Xb), abs=1e-12)
+    assert result.after.score == pytest.approx(score(E), abs=1e-12)
+    assert result.delta == pytest.approx(score(E) - score(Xb), abs=1e-12)
+    for side in (result.before, result.after):
+        assert side.method == "pearson" and side.rdm_metric == "euclidean"
+        assert side.converted and side.n_bootstrap == 40 and side.confidence == 0.8
+    paired = paired_rsa_delta(Xb, E, sims, "similarity", **opts)
+    assert result.delta_ci is not None and result.delta_ci == pytest.approx(paired.ci_delta)
+    assert result.normalize is normalize
+    assert result.transform_shape == (4, 3) and result.transform_source == "transform"
+    assert result.transform_digest == load_transform(t).digest
+    before = "L2-normalised rows" if normalize else "raw rows"
+    assert result.options == {**opts, "before": before}
