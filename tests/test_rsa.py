@@ -580,3 +580,94 @@ def test_spearman_noise_ceiling_names_a_constant_subject() -> None:
     A[:, np.arange(5), np.arange(5)] = 0.0
     with pytest.raises(NumericalError, match="subject 1 has the same value for every pair"):
         rsa_noise_ceiling(A)
+
+
+def _random_rdms(rng: np.random.Generator, s: int, n: int) -> np.ndarray:
+    A = rng.random((s, n, n))
+    A = A + A.transpose(0, 2, 1)
+    A[:, np.arange(n), np.arange(n)] = 0.0
+    return A
+
+
+def test_rsa_fields_defaults_and_normalisation_by_the_ceiling() -> None:
+    from align.metrics.rsa import split_half_ceiling
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(6, 4))
+    iu = np.triu_indices(6, 1)
+    model = pdist(X, "cosine")
+    H = _random_rdms(rng, 1, 6) + 0.3 * _random_rdms(rng, 2, 6)  # two noisy subjects
+    # one matrix, every default: spearman, cosine, 1000 resamples, seed 0, 95 %
+    one = rsa(X, H[0])
+    assert (one.method, one.rdm_metric, one.human_kind, one.converted) == (
+        "spearman",
+        "cosine",
+        "dissimilarity",
+        False,
+    )
+    assert (one.n_bootstrap, one.seed, one.confidence, one.n_subjects) == (1000, 0, 0.95, 1)
+    assert one.score == pytest.approx(ss.spearmanr(model, H[0][iu]).statistic)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        naive = _naive_bootstrap(X, H[0], "spearman", 1000, seed=0)
+    assert one.options == {
+        "ceiling_pooling": "mean",
+        "n_bootstrap_valid": int(np.isfinite(naive).sum()),
+        "ci_kind": "percentile, stimuli resampled, subjects fixed",
+    }
+    assert one.ci == pytest.approx(tuple(np.nanquantile(naive, [0.025, 0.975])), abs=1e-9)
+    assert one.noise_ceiling is None and one.normalized is None and one.normalized_upper is None
+    assert one.group is None and one.per_subject is None and one.scale == "group matrix"
+    # no resamples: no interval; one resample: an interval of one value
+    none = rsa(X, H, method="pearson", rdm_metric="euclidean", n_bootstrap=0, seed=4)
+    assert none.ci is None and none.group is not None and none.group.ci is None
+    assert none.options["n_bootstrap_valid"] == 0
+    assert (none.method, none.rdm_metric, none.n_bootstrap, none.seed) == (
+        "pearson",
+        "euclidean",
+        0,
+        4,
+    )
+    single = rsa(X, H[0], n_bootstrap=1, confidence=0.5, seed=3)
+    value = _naive_bootstrap(X, H[0], "spearman", 1, seed=3)[0]
+    assert np.isfinite(value)
+    assert single.ci == pytest.approx((value, value)) and single.confidence == 0.5
+    assert single.options["n_bootstrap_valid"] == 1
+    # two subjects: the mean over subjects, the leave-one-out ceiling and its ratios, and
+    # the group interval from the same resamples against the subject-mean RDM
+    two = rsa(X, H, n_bootstrap=50, seed=5)
+    per = [ss.spearmanr(model, h[iu]).statistic for h in H]
+    assert two.score == pytest.approx(np.mean(per)) and two.per_subject == pytest.approx(per)
+    nc = rsa_noise_ceiling(H)
+    assert two.noise_ceiling == nc and nc.lower > 0
+    assert two.normalized == pytest.approx(two.score / nc.lower)
+    assert two.normalized_upper == pytest.approx(two.score / nc.upper)
+    assert two.scale == "mean over subjects" and two.n_subjects == 2
+    assert two.group is not None and two.group.ci is not None
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        naive_group = _naive_bootstrap(X, H.mean(axis=0), "spearman", 50, seed=5)
+    assert two.group.ci == pytest.approx(tuple(np.nanquantile(naive_group, [0.025, 0.975])))
+    # a missing stimulus: the split halves lose it too
+    Xm = X.copy()
+    Xm[2] = np.nan
+    halves = _random_rdms(rng, 2, 6) + H[0]
+    with pytest.warns(UserWarning, match="dropped 1 missing"):
+        res = rsa(Xm, H[0], split_halves=halves, n_bootstrap=0)
+    keep = [0, 1, 3, 4, 5]
+    expected = split_half_ceiling(halves[:, keep][:, :, keep])
+    assert res.noise_ceiling == expected and res.n_dropped == 1 and res.n_stimuli == 5
+    assert res.normalized == pytest.approx(res.score / expected.lower)
+
+
+def test_rsa_has_no_normalised_score_when_the_ceiling_is_zero() -> None:
+    # split halves whose pair values (and ranks) are uncorrelated, r = 0 exactly: the
+    # Spearman-Brown ceiling is 0, and a score divided by it is not reported
+    x = np.array([3.0, 1.0, 3.0, 1.0, 2.0, 2.0])
+    y = np.array([3.0, 3.0, 1.0, 1.0, 2.0, 2.0])
+    assert ss.spearmanr(x, y).statistic == 0.0 and ss.pearsonr(x, y).statistic == 0.0
+    halves = np.stack([squareform(x), squareform(y)])
+    X = np.random.default_rng(12).normal(size=(4, 3))
+    res = rsa(X, squareform(x + y), split_halves=halves, n_bootstrap=0)
+    assert res.noise_ceiling is not None and res.noise_ceiling.lower == 0.0
+    assert res.normalized is None and res.normalized_upper is None
