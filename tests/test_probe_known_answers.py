@@ -13,6 +13,7 @@ counterparts of test_probe.py's fits on real THINGS data.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -597,6 +598,30 @@ def test_save_keeps_the_options_and_load_restores_them(tmp_path):
         TripletProbe().save(tmp_path / "unfitted.npz")
 
 
+def test_repr_lists_every_parameter_in_signature_order():
+    probe = TripletProbe(reg=0.5, device="cpu")
+    expected = ", ".join(f"{k}={getattr(probe, k)!r}" for k in TripletProbe.param_names())
+    assert repr(probe) == f"TripletProbe({expected})"
+    assert repr(probe).startswith("TripletProbe(reg=0.5, reg_kind='frobenius', init='normal'")
+
+
+def test_objective_call_takes_and_gives_flat_float64_vectors():
+    # the flat interface [vec(W), b] -> (f, gradient as float64), for a float32 fit too
+    X, T = tiny(seed=24)
+    uniq, counts = core.compress(T)
+    objs, tloc = core.localise(uniq)
+    opts = TripletProbe(reg=0.2, dtype="float32", bias=True).fit_options()
+    fit = core._Fit(opts, 0.0, 1.0, None)
+    obj = core.TripletObjective(fit, X[objs], tloc, counts, True)
+    rng = np.random.default_rng(0)
+    W, b = rng.normal(size=(4, 4)) * 0.3, rng.normal(size=4) * 0.1
+    f, g = obj(np.concatenate([W.ravel(), b]))
+    assert g.dtype == np.float64 and g.shape == (20,)
+    expected = objective(X, T, W, 0.2, b=b, mean=0.0, std=1.0)
+    assert f == pytest.approx(expected, rel=1e-5)
+    assert obj.curve == [f]
+
+
 def test_fit_options_boundaries_name_the_parameter():
     ok = {
         "reg": 0.0,
@@ -854,8 +879,8 @@ def test_collapsed_start_bounds_the_similarities_of_the_training_rows():
     X[9] = 1e6  # an object no triplet uses: not in the bound
     T = T[~(T == 9).any(axis=1)]
     est = TripletProbe()
-    est.mean_, est.std_ = 0.0, 1.0
-    Z = X[np.unique(T)]
+    est.mean_, est.std_ = 0.7, 1.0  # rows standardised by the probe's own mean and std
+    Z = X[np.unique(T)] - 0.7
     top = float(np.max((Z * Z).sum(1)))
     est.bias_ = None
     est.weights_ = np.eye(3) * math.sqrt(0.9e-3 / top / 3)  # bound 0.9e-3
@@ -879,7 +904,7 @@ def test_collapsed_start_bounds_the_similarities_of_the_training_rows():
     assert collapsed_start(est, X, T)
     # cosine similarities are scale-free: only W = 0 (and no bias) is collapsed
     cos = TripletProbe(normalize=True)
-    cos.mean_, cos.std_ = 0.0, 1.0
+    cos.mean_, cos.std_ = 0.7, 1.0
     cos.weights_, cos.bias_ = np.eye(3) * 1e-9, None
     assert not collapsed_start(cos, X, T)
     cos.weights_ = np.zeros((3, 3))
@@ -930,7 +955,7 @@ def test_cross_validate_refuses_bad_arguments():
     assert cross_validate(est, X, T, lambdas=[0.0], refit=False).lambdas == [0.0]
 
 
-def test_cross_validate_probe_reports_the_search_and_pooled_heldout_numbers():
+def test_cross_validate_probe_reports_the_search_and_pooled_heldout_numbers(tmp_path):
     X, T = _missing_x()
     lambdas = (2.0, 0.02)
     params = {"max_iter": 15, "reg_kind": "squared"}
@@ -980,6 +1005,11 @@ def test_cross_validate_probe_reports_the_search_and_pooled_heldout_numbers():
         "mean": res.probe.mean_,
         "std": res.probe.std_,
     }
+    for key in ("ci", "baseline", "lift", "n_heldout", "n_heldout_distinct", "rank", "estimator"):
+        assert key in d  # the fields after the (left out) probe are all there
+    assert d["fold_mean_accuracy"] == res.fold_mean_accuracy and d["chance"] == 1 / 3
+    loaded = dataclasses.replace(res, probe=TripletProbe.load(res.probe.save(tmp_path / "t.npz")))
+    assert loaded.to_dict()["transform"]["n_iter"] is None  # a loaded probe has no n_iter_
     cos = cross_validate_probe(X, T, lambdas=(0.1,), normalize=True, refit=False, max_iter=2)
     assert cos.options["similarity"] == "cosine" and cos.probe is None
     assert "transform" not in cos.to_dict()
