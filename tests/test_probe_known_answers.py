@@ -491,6 +491,69 @@ def test_adam_validation_uses_x_val_standardised_like_the_training_rows():
         probe.fit(X, T, X_val=Xv[:, :2], val_triplets=Tv)
 
 
+def test_adam_validation_loss_includes_the_bias_and_must_be_finite():
+    X, T = tiny(n=12, p=3, m=60, seed=25)
+    Tv = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [1, 5, 9]])
+    probe = TripletProbe(reg=0.0, optimizer="adam", lr=0.2, bias=True, max_iter=1)
+    probe.fit(X, T, val_triplets=Tv)
+    assert np.abs(probe.bias_).max() > 0.05  # the bias has moved
+    # the validation loss of epoch 1 is the held-out loss of the weights returned
+    assert probe.val_curve_[0] == pytest.approx(probe.loss(X, Tv), rel=1e-9)
+    with pytest.raises(NumericalError, match="validation loss"):
+        TripletProbe(optimizer="adam", max_iter=2).fit(X, T, X_val=X * 1e200, val_triplets=Tv)
+
+
+def _local_loss_np(Xs: np.ndarray, E: np.ndarray, temperature: float) -> float:
+    """gLocal's local term: KL-style cross-entropy of the embedding's neighbour
+    distribution (cosine / temperature, self excluded) against the features' one."""
+
+    def logits(Z):
+        U = Z / np.linalg.norm(Z, axis=1, keepdims=True)
+        L = U @ U.T / temperature
+        np.fill_diagonal(L, -np.inf)
+        return L
+
+    Lp, Lq = logits(Xs), logits(E)
+    P = np.exp(Lp - Lp.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    logq = Lq - Lq.max(1, keepdims=True)
+    logq = logq - np.log(np.exp(logq).sum(1, keepdims=True))
+    np.fill_diagonal(logq, 0.0)
+    return float(-(P * logq).sum(1).mean())
+
+
+def test_glocal_adam_uses_one_local_chunk_per_step():
+    # Adam's step k takes local chunk k mod (number of chunks), not their average: with
+    # one triplet batch per epoch and lr ~ 0, epoch e's loss is the objective at W0 with
+    # chunk e (the chunks: LocalNeighbourhoodTerm.chunks, seeded)
+    from align.metrics.glocal import GLocalProbe, LocalNeighbourhoodTerm
+
+    X, T = tiny(n=12, p=3, m=60, seed=26)
+    L = np.random.default_rng(3).normal(size=(40, 3))
+    W0 = np.random.default_rng(4).normal(size=(3, 3))
+    alpha, temp = 0.5, 0.5
+    probe = GLocalProbe(
+        alpha=alpha,
+        temperature=temp,
+        local_batch_size=20,
+        reg=0.0,
+        optimizer="adam",
+        lr=1e-12,
+        batch_size=1024,
+        val_fraction=0.0,
+        max_iter=2,
+        seed=1,
+    ).fit(X, T, X_local=L, init_weights=W0)
+    chunks = LocalNeighbourhoodTerm(alpha, temp, 20, 1).chunks(40)
+    assert len(chunks) == 2
+    Ls = (L - X.mean()) / X.std()
+    ce = objective(X, T, W0)
+    for epoch, rows in enumerate(chunks):
+        local = _local_loss_np(Ls[rows], Ls[rows] @ W0, temp)
+        expected = (1 - alpha) * ce + alpha * local
+        assert probe.loss_curve_[epoch] == pytest.approx(expected, rel=1e-7)
+
+
 def test_adam_learns_a_bias_and_normalised_rows():
     X, T = tiny(n=12, p=3, m=60, seed=14)
     probe = TripletProbe(
@@ -596,6 +659,12 @@ def test_save_keeps_the_options_and_load_restores_them(tmp_path):
         TripletProbe.load(tmp_path / "opt.npz")  # stored options are checked
     with pytest.raises(InvalidInputError, match="probe"):
         TripletProbe().save(tmp_path / "unfitted.npz")
+    np.savez(tmp_path / "wide.npz", weights=np.zeros((3, 4)), mean=0.0, std=1.0)
+    with pytest.raises(InvalidInputError, match=r"wide\.npz:weights"):  # names the file
+        TripletProbe.load(tmp_path / "wide.npz")
+    np.savez(tmp_path / "zero.npz", weights=np.eye(3), mean=0.0, std=0.0)
+    with pytest.raises(InvalidInputError, match=r"zero\.npz:std"):
+        TripletProbe.load(tmp_path / "zero.npz")
 
 
 def test_repr_lists_every_parameter_in_signature_order():
@@ -898,6 +967,10 @@ def test_collapsed_start_bounds_the_similarities_of_the_training_rows():
     assert collapsed_start(est, X, T)
     est.bias_ = np.array([0.0, 0.0, math.sqrt(0.32e-3)])  # 0.2 + 0.506 + 0.32 > 1
     assert not collapsed_start(est, X, T)
+    # "below" the threshold: a bound of exactly 1e-3 is not collapsed
+    est.weights_, est.bias_ = np.zeros((3, 3)), np.array([0.01, 0.03, 0.0])
+    assert float(np.dot(est.bias_, est.bias_)) == core_collapsed_threshold() == 1e-3
+    assert not collapsed_start(est, X, T)
     # standardised rows: a large std shrinks the bound
     est.weights_, est.bias_ = np.eye(3) * math.sqrt(1.1e-3 / top / 3), None
     est.std_ = 2.0
@@ -913,6 +986,12 @@ def test_collapsed_start_bounds_the_similarities_of_the_training_rows():
     assert collapsed_start(cos, X, T)
     cos.bias_ = np.array([0.0, 1e-9, 0.0])
     assert not collapsed_start(cos, X, T)
+
+
+def core_collapsed_threshold() -> float:
+    from align.metrics.probe.cv import COLLAPSED_SIMILARITY
+
+    return COLLAPSED_SIMILARITY
 
 
 def test_identity_probe_is_the_transform_switched_off():
