@@ -421,3 +421,38 @@ def test_transfer_rsa_passes_every_option_and_describes_the_transform(normalize:
     assert result.transform_digest == load_transform(t).digest
     before = "L2-normalised rows" if normalize else "raw rows"
     assert result.options == {**opts, "before": before}
+
+
+def test_transform_arrays_must_be_numeric_of_the_right_shape() -> None:
+    """weights: a numeric (p, k) matrix; bias: numeric (k,); booleans and strings are not
+    numbers; each refusal names the array ("<where>:weights", ":bias", ":std")."""
+    ok = {"weights": np.eye(2), "mean": 0.0, "std": 1.0}
+    cases = [
+        ({"weights": np.ones(2)}, "transform:weights"),
+        ({"weights": np.eye(2, dtype=bool)}, "transform:weights"),
+        ({"weights": np.array([["1", "0"], ["0", "1"]])}, "transform:weights"),
+        ({"bias": np.array([True, False])}, "transform:bias"),
+        ({"bias": np.array(["0", "1"])}, "transform:bias"),
+        ({"std": "a"}, "transform:std"),
+        ({"std": np.array([1.0, 2.0])}, "transform:std"),
+    ]
+    for change, field in cases:
+        with pytest.raises(InvalidInputError) as err:
+            load_transform({**ok, **change})
+        assert err.value.field == field, change
+
+
+def test_target_objects_and_triplets_without_edge_cases() -> None:
+    """No matching object: an EMPTY int64 index (it still indexes arrays); no excluded
+    object: every triplet kept, as a bool mask over all rows; one excluded object works."""
+    from align.metrics.transfer import target_objects, triplets_without
+
+    none = target_objects(["unicorn"], ["aardvark", "bee"])
+    assert none.dtype == np.int64 and none.size == 0
+    assert np.ones((2, 3))[none].shape == (0, 3)
+    T = np.array([[0, 2, 4], [1, 2, 4], [0, 3, 2], [4, 1, 0]])
+    keep = triplets_without(T, [])
+    assert keep.dtype == np.bool_ and keep.tolist() == [True] * 4
+    assert T[keep].shape == (4, 3)
+    assert triplets_without(T, [3]).tolist() == [True, True, False, True]
+    assert triplets_without(T, np.array([1])).dtype == np.bool_
