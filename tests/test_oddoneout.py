@@ -650,3 +650,43 @@ def test_things_loo_ceiling_is_0_6439(data_dir: Path) -> None:
     loo = ooo.loo_noise_ceiling(T)
     assert loo == pytest.approx(ref_loo_ceiling(T), abs=1e-12)
     assert loo == pytest.approx(0.6439, abs=5e-5)
+
+
+def test_result_says_where_its_ceiling_and_interval_come_from() -> None:
+    """``ceiling_source`` is None without repeated triplets (nothing to compute from);
+    ``bootstrap_unit`` is None without an interval, "distinct triplet" in the majority
+    variant (its units ARE distinct triplets) and with repeats, else "triplet"."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((9, 3))
+    singles = np.array(list(combinations(range(9), 3))[:30])
+    r = odd_one_out(X, singles, n_bootstrap=20)
+    assert r.ceiling is None and r.ceiling_source is None and r.ceiling_loo is None
+    assert r.normalized is None and r.normalized_loo is None and r.bootstrap_unit == "triplet"
+    repeated = np.vstack([singles, singles[:5, [1, 0, 2]]])
+    for variant in ("responses", "majority"):
+        with_ci = odd_one_out(X, repeated, variant=variant, n_bootstrap=20)
+        assert with_ci.ci is not None and with_ci.bootstrap_unit == "distinct triplet"
+        assert with_ci.ceiling_source == "data"
+        without = odd_one_out(X, repeated, variant=variant, n_bootstrap=0)
+        assert without.ci is None and without.bootstrap_unit is None
+    maj = odd_one_out(X, singles, variant="majority", n_bootstrap=20)
+    assert maj.bootstrap_unit == "distinct triplet"
+
+
+def test_pairwise_similarities_name_a_bad_similarity_and_keep_rows_in_place() -> None:
+    """Rows follow the triplets (a missing stimulus's triplets are NaN rows in place)."""
+    X = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0], [np.nan, np.nan], [1.0, 1.0]])
+    T = np.array([[0, 1, 2], [0, 3, 4], [1, 2, 4], [2, 4, 0], [3, 1, 0]])
+    with pytest.raises(InvalidInputError) as err:
+        pairwise_triplet_similarities(X, T, similarity="cos")  # type: ignore[arg-type]
+    assert err.value.field == "similarity"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingStimuliWarning)
+        got = pairwise_triplet_similarities(X, T, similarity="dot")
+    rows = X.tolist()
+    for r, (a, b, c) in enumerate(T.tolist()):
+        if 3 in (a, b, c):
+            assert np.isnan(got[r]).all()
+        else:
+            want = [ref_similarity(rows[i], rows[j], "dot") for i, j in ((a, b), (a, c), (b, c))]
+            assert got[r].tolist() == want
