@@ -529,7 +529,7 @@ def test_glocal_adam_uses_one_local_chunk_per_step():
     from align.metrics.glocal import GLocalProbe, LocalNeighbourhoodTerm
 
     X, T = tiny(n=12, p=3, m=60, seed=26)
-    L = np.random.default_rng(3).normal(size=(40, 3))
+    L = np.random.default_rng(3).normal(size=(60, 3))
     W0 = np.random.default_rng(4).normal(size=(3, 3))
     alpha, temp = 0.5, 0.5
     probe = GLocalProbe(
@@ -541,17 +541,29 @@ def test_glocal_adam_uses_one_local_chunk_per_step():
         lr=1e-12,
         batch_size=1024,
         val_fraction=0.0,
-        max_iter=2,
+        max_iter=3,
         seed=1,
     ).fit(X, T, X_local=L, init_weights=W0)
-    chunks = LocalNeighbourhoodTerm(alpha, temp, 20, 1).chunks(40)
-    assert len(chunks) == 2
+    chunks = LocalNeighbourhoodTerm(alpha, temp, 20, 1).chunks(60)
+    assert len(chunks) == 3
     Ls = (L - X.mean()) / X.std()
     ce = objective(X, T, W0)
     for epoch, rows in enumerate(chunks):
         local = _local_loss_np(Ls[rows], Ls[rows] @ W0, temp)
         expected = (1 - alpha) * ce + alpha * local
         assert probe.loss_curve_[epoch] == pytest.approx(expected, rel=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+def test_non_finite_training_names_what_became_non_finite():
+    # W0 = 1e25 I in float32: the embeddings overflow. Adam checks the batch loss first,
+    # L-BFGS the similarities (before summing them in float64)
+    X, T = tiny(seed=27)
+    kw = {"init": "identity", "tau": 1e25, "dtype": "float32", "max_iter": 2}
+    with pytest.raises(NumericalError, match="probe loss became NaN or infinite"):
+        TripletProbe(optimizer="adam", **kw).fit(X, T)
+    with pytest.raises(NumericalError, match="probe similarities became NaN or infinite"):
+        TripletProbe(**kw).fit(X, T)
 
 
 def test_adam_learns_a_bias_and_normalised_rows():
