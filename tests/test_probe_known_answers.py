@@ -462,6 +462,16 @@ def test_adam_first_epoch_is_the_batch_weighted_objective_on_the_kept_training_p
         assert not probe.val_curve_[0] == pytest.approx(ce_all, rel=1e-4)
 
 
+def test_adam_counts_an_equal_validation_loss_as_no_improvement():
+    # lr so small that the weights do not move in float64: every epoch's validation loss
+    # equals the first, none improves on it, so early stopping ends after 1 + patience
+    X, T = tiny(n=12, p=3, m=40, seed=28)
+    probe = TripletProbe(reg=0.0, optimizer="adam", lr=1e-30, patience=2, max_iter=10)
+    probe.fit(X, T, val_triplets=T[:6], init_weights=np.eye(3))
+    assert len(set(probe.val_curve_)) == 1
+    assert probe.n_iter_ == 3
+
+
 def test_adam_default_is_100_epochs_and_no_validation_without_val_fraction():
     X, T = tiny(n=9, p=3, m=8, seed=12)
     T = T[:8]
@@ -491,13 +501,18 @@ def test_adam_validation_uses_x_val_standardised_like_the_training_rows():
         probe.fit(X, T, X_val=Xv[:, :2], val_triplets=Tv)
 
 
-def test_adam_validation_loss_includes_the_bias_and_must_be_finite():
+@pytest.mark.parametrize("normalize", [False, True])
+def test_adam_validation_loss_includes_the_bias_and_must_be_finite(normalize):
     X, T = tiny(n=12, p=3, m=60, seed=25)
+    X = X * 0.3  # some embedded rows shorter than 1 (cosine divides by their norm)
     Tv = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [1, 5, 9]])
-    probe = TripletProbe(reg=0.0, optimizer="adam", lr=0.2, bias=True, max_iter=1)
+    probe = TripletProbe(
+        reg=0.0, optimizer="adam", lr=0.2, bias=True, normalize=normalize, max_iter=1
+    )
     probe.fit(X, T, val_triplets=Tv)
     assert np.abs(probe.bias_).max() > 0.05  # the bias has moved
     # the validation loss of epoch 1 is the held-out loss of the weights returned
+    # (the estimator's own transform: thingsvision's formula, tested above)
     assert probe.val_curve_[0] == pytest.approx(probe.loss(X, Tv), rel=1e-9)
     with pytest.raises(NumericalError, match="validation loss"):
         TripletProbe(optimizer="adam", max_iter=2).fit(X, T, X_val=X * 1e200, val_triplets=Tv)
@@ -618,6 +633,13 @@ def test_a_loaded_probe_scores_with_the_thingsvision_transform(tmp_path, normali
         probe.similarities(X, np.array([[6, 0, 1]]))  # a missing stimulus
     with pytest.raises(InvalidInputError, match="probe"):
         TripletProbe().transform(X)
+    with pytest.raises(InvalidInputError) as err:
+        probe.transform(X[0])  # one row given as a vector
+    assert err.value.field == "X"
+    probe.normalize = "yes"
+    with pytest.raises(InvalidInputError) as err:
+        probe.transform(X)
+    assert err.value.field == "normalize"
     with pytest.raises(InvalidInputError, match="probe"):
         TripletProbe().similarities(X, T)
 
@@ -819,7 +841,8 @@ def cv_data(n: int = 12, m: int = 120, seed: int = 0, missing: int | None = None
 
 
 def _missing_x():
-    return cv_data(n=13, seed=17, missing=5)
+    X, T = cv_data(n=13, seed=17, missing=5)
+    return X, np.concatenate([T, T[::3]])  # many responses repeated
 
 
 def test_cross_validate_is_the_written_out_lambda_fold_loop():
@@ -1072,6 +1095,7 @@ def test_cross_validate_probe_reports_the_search_and_pooled_heldout_numbers(tmp_
     assert res.n_heldout == pooled.size == sum(len(te) for _, te in splits)
     test_rows = kept[np.concatenate([te for _, te in splits])]
     assert res.n_heldout_distinct == len({tuple(sorted(r)) for r in test_rows.tolist()})
+    assert res.n_heldout_distinct < res.n_heldout  # the intervals resample distinct ones
     present = X[~np.isnan(X).all(axis=1)]
     Z = (X - present.mean()) / present.std()
     base = odd_rule(sims(Z, test_rows)) == 2
@@ -1105,6 +1129,15 @@ def test_cross_validate_probe_reports_the_search_and_pooled_heldout_numbers(tmp_
     assert cos.options["similarity"] == "cosine" and cos.probe is None
     assert "transform" not in cos.to_dict()
     # confidence: a wider interval at 0.99 than at 0.5 from the same resamples
+    # heldout_statistics' defaults: 1000 resamples, 95 %, seed 0
+    from align.metrics.probe.cv import heldout_statistics
+
+    search = cross_validate(
+        TripletProbe(seed=1, **params), X, T, lambdas=lambdas, cv=ObjectKFold(3, 1), refit=False
+    )
+    default = heldout_statistics(search)
+    assert default == heldout_statistics(search, n_bootstrap=1000, confidence=0.95, seed=0)
+    assert default["ci"] != heldout_statistics(search, n_bootstrap=1000, seed=1)["ci"]
     narrow = cross_validate_probe(
         X, T, lambdas=lambdas, k=3, seed=1, n_bootstrap=200, confidence=0.5, **params
     )
