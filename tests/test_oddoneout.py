@@ -690,3 +690,37 @@ def test_pairwise_similarities_name_a_bad_similarity_and_keep_rows_in_place() ->
         else:
             want = [ref_similarity(rows[i], rows[j], "dot") for i, j in ((a, b), (a, c), (b, c))]
             assert got[r].tolist() == want
+
+
+@pytest.mark.parametrize("convention", ["odd-one-out", "anchor"])
+def test_majority_variant_when_no_triplet_repeats(convention: str) -> None:
+    """Every response its own distinct triplet: the majority variant scores each once,
+    predicted on the canonical order (sorted objects; anchor then the sorted pair), so
+    an exact partial tie follows the (ab, ac, bc) rule on that order, not the stored one."""
+    rng = np.random.default_rng(8)
+    X = rng.integers(-1, 2, size=(9, 2)).astype(np.float64)
+    sets = list(combinations(range(9), 3))
+    rng.shuffle(sets)
+    rows = []
+    for objs in sets[:40]:
+        rows.append([int(x) for x in rng.permutation(objs)])
+    T = np.array(rows)
+    feats = X.tolist()
+    credits, ties = [], 0
+    for a, b, c in T.tolist():
+        if convention == "odd-one-out":
+            lo, mid, hi = sorted((a, b, c))
+            pos = ref_predict(X, np.array([[lo, mid, hi]]), "cosine")[0]
+            ties += pos < 0
+            credits.append(float(pos >= 0 and (lo, mid, hi)[pos] == c))
+        else:
+            lo, hi = sorted((b, c))
+            s_lo = ref_similarity(feats[a], feats[lo], "cosine")
+            s_hi = ref_similarity(feats[a], feats[hi], "cosine")
+            ties += s_lo == s_hi
+            closer = None if s_lo == s_hi else (lo if s_lo > s_hi else hi)
+            credits.append(float(closer == b))
+    score = odd_one_out if convention == "odd-one-out" else anchor_accuracy
+    r = score(X, T, variant="majority", n_bootstrap=0)
+    assert r.accuracy == pytest.approx(sum(credits) / len(credits), abs=1e-12)
+    assert r.n_triplets == r.n_distinct == 40 and r.n_full_ties == ties
