@@ -1071,7 +1071,7 @@ def test_cross_validate_refuses_bad_arguments():
 
 def test_cross_validate_probe_reports_the_search_and_pooled_heldout_numbers(tmp_path):
     X, T = _missing_x()
-    lambdas = (2.0, 0.02)
+    lambdas = (0.05, 0.02)  # cold starts (the default): a warm start would differ
     params = {"max_iter": 15, "reg_kind": "squared"}
     kept, splits, ce, acc, iters, hits, best, final = _hand_search(X, T, lambdas, 3, 1, **params)
     res = cross_validate_probe(X, T, lambdas=lambdas, k=3, seed=1, n_bootstrap=200, **params)
@@ -1102,6 +1102,9 @@ def test_cross_validate_probe_reports_the_search_and_pooled_heldout_numbers(tmp_
     assert res.baseline["accuracy"] == pytest.approx(base.mean(), rel=1e-12)
     assert res.lift["value"] == pytest.approx(pooled.mean() - base.mean(), abs=1e-12)
     assert res.lift["paired"] is True
+    assert res.baseline["definition"] == (
+        "transform switched off: W = I, same mean/std and similarity"
+    )
     for lo_hi, point in ((res.ci, res.accuracy), (res.baseline["ci"], base.mean())):
         assert lo_hi[0] <= point <= lo_hi[1] and lo_hi[0] < lo_hi[1]
     lo, hi = res.lift["ci"]
@@ -1135,6 +1138,22 @@ def test_cross_validate_probe_reports_the_search_and_pooled_heldout_numbers(tmp_
     search = cross_validate(
         TripletProbe(seed=1, **params), X, T, lambdas=lambdas, cv=ObjectKFold(3, 1), refit=False
     )
+    from align.metrics.bootstrap import paired_cluster_difference
+
+    few = heldout_statistics(search, n_bootstrap=7, confidence=0.8, seed=2)
+    test_idx = np.concatenate([te for _, te in search.splits])
+    canon = [tuple(sorted(r)) for r in search.triplets[test_idx].tolist()]
+    labels = np.array([sorted(set(canon)).index(c) for c in canon])  # distinct triplets
+    ref = paired_cluster_difference(
+        np.concatenate(search.correct[search.best]).astype(float),
+        np.concatenate(search.baseline).astype(float),
+        labels,
+        n_bootstrap=7,
+        confidence=0.8,
+        seed=2,
+    )
+    assert few["ci"] == ref.ci_a and few["baseline"]["ci"] == ref.ci_b
+    assert few["lift"]["ci"] == ref.ci_difference
     default = heldout_statistics(search)
     assert default == heldout_statistics(search, n_bootstrap=1000, confidence=0.95, seed=0)
     assert default["ci"] != heldout_statistics(search, n_bootstrap=1000, seed=1)["ci"]
@@ -1152,6 +1171,8 @@ def test_cross_validate_probe_defaults_and_refusals():
     assert cross_validate_probe(X, T, lambdas=(0.1,), k=2, seed=3, max_iter=2).probe.seed == 3
     for kw, field in [
         ({"k": 1}, "k"),
+        ({"k": 2.5}, "k"),
+        ({"seed": 0.5}, "seed"),
         ({"seed": -1}, "seed"),
         ({"reg": 0.1}, "reg"),
         ({"seed": 1, "reg": 0.1}, "reg"),
@@ -1160,5 +1181,6 @@ def test_cross_validate_probe_defaults_and_refusals():
         ({"tau": 0.0}, "tau"),
         ({"warm_start": "y"}, "warm_start"),
     ]:
-        with pytest.raises(InvalidInputError, match=field):
+        with pytest.raises(InvalidInputError) as err:
             cross_validate_probe(X, T, lambdas=(0.1,), max_iter=2, **kw)
+        assert err.value.field == field
