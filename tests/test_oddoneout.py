@@ -724,3 +724,41 @@ def test_majority_variant_when_no_triplet_repeats(convention: str) -> None:
     r = score(X, T, variant="majority", n_bootstrap=0)
     assert r.accuracy == pytest.approx(sum(credits) / len(credits), abs=1e-12)
     assert r.n_triplets == r.n_distinct == 40 and r.n_full_ties == ties
+
+
+@pytest.mark.parametrize("convention", ["odd-one-out", "anchor"])
+@pytest.mark.parametrize("n_objects", [50, 1_300_000, 2_000_000, 2_700_000])
+def test_grouping_is_exact_for_any_number_of_objects(convention: str, n_objects: int) -> None:
+    """Groups, answer counts, answer objects and ties against a dict, for object counts
+    whose packed (triplet, answer) keys fit int64 (50), fill its sign bit (1.3 million:
+    n^3 has 61 bits) or would overflow it (2 and 2.7 million): only the object count
+    changes the key arithmetic, so the ids are drawn near its top."""
+    from align.metrics.oddoneout import _group
+
+    rng = np.random.default_rng(n_objects % 97)
+    ids = n_objects - 1 - rng.choice(min(n_objects, 12), size=6, replace=False)
+    T = ids[tie_rich_responses(rng, 6, 120, convention)]
+    groups = _group(T, convention, n_objects)
+    answers = ref_answers(T, convention)
+    assert groups.sizes.size == len(answers)
+    seen = set()
+    for key, given in answers.items():
+        rows = [
+            r
+            for r, t in enumerate(T.tolist())
+            if ref_answers(np.array([t]), convention).keys() == {key}
+        ]
+        g = int(groups.inverse[rows[0]])
+        seen.add(g)
+        assert (groups.inverse[rows] == g).all() and groups.sizes[g] == len(given)
+        counts = Counter(given)
+        top = max(counts.values())
+        mine = groups.answer_group == g
+        assert groups.answers[mine].tolist() == sorted(counts)
+        assert groups.answer_counts is not None
+        assert groups.answer_counts[mine].tolist() == [counts[x] for x in sorted(counts)]
+        assert groups.answer_is_top[mine].tolist() == [counts[x] == top for x in sorted(counts)]
+        assert groups.n_top[g] == sum(v == top for v in counts.values())
+        assert groups.majority_share[g] == pytest.approx(top / len(given))
+        assert T[groups.first[g]].tolist() in [T[r].tolist() for r in rows]
+    assert len(seen) == len(answers)
