@@ -303,6 +303,23 @@ def test_reduction_cache_basis_rank_start_and_bookkeeping():
         cache.get(np.zeros((3, 9)), W0)
 
 
+@pytest.mark.parametrize(
+    ("values", "rank"),
+    [
+        ([0.5, 0.5e-3, 0.5e-12], 2),  # the cut is 1e-10 of the LARGEST singular value
+        ([1.0, 1e-10], 1),  # exactly at the cut: not above it
+        ([0.3], 1),  # one row, largest singular value below 1
+        ([0.2, 0.0], 1),  # rank one
+    ],
+)
+def test_reduction_rank_counts_singular_values_above_1e_10_of_the_largest(values, rank):
+    rows = np.zeros((len(values), 5))
+    rows[np.arange(len(values)), np.arange(len(values))] = values  # singular values exact
+    V, Q, R = core.ReductionCache(size=0).get(rows, np.eye(5))
+    assert V.shape == (5, rank) and Q.shape == (rank, 5) and R.shape == (rank, rank)
+    np.testing.assert_array_equal(np.abs(V), np.eye(5)[:, :rank])
+
+
 # ----------------------------------------------------------------------------- L-BFGS
 
 
@@ -1132,6 +1149,10 @@ def test_cross_validate_probe_reports_the_search_and_pooled_heldout_numbers(tmp_
     assert cos.options["similarity"] == "cosine" and cos.probe is None
     assert "transform" not in cos.to_dict()
     # confidence: a wider interval at 0.99 than at 0.5 from the same resamples
+    # the result's intervals come from these statistics with the given options
+    res7 = cross_validate_probe(
+        X, T, lambdas=lambdas, k=3, seed=1, n_bootstrap=7, confidence=0.8, refit=False, **params
+    )
     # heldout_statistics' defaults: 1000 resamples, 95 %, seed 0
     from align.metrics.probe.cv import heldout_statistics
 
@@ -1154,6 +1175,12 @@ def test_cross_validate_probe_reports_the_search_and_pooled_heldout_numbers(tmp_
     )
     assert few["ci"] == ref.ci_a and few["baseline"]["ci"] == ref.ci_b
     assert few["lift"]["ci"] == ref.ci_difference
+    seven = heldout_statistics(search, n_bootstrap=7, confidence=0.8, seed=1)
+    assert (res7.ci, res7.baseline["ci"], res7.lift["ci"]) == (
+        seven["ci"],
+        seven["baseline"]["ci"],
+        seven["lift"]["ci"],
+    )
     default = heldout_statistics(search)
     assert default == heldout_statistics(search, n_bootstrap=1000, confidence=0.95, seed=0)
     assert default["ci"] != heldout_statistics(search, n_bootstrap=1000, seed=1)["ci"]
