@@ -864,7 +864,8 @@ def _missing_x():
 
 def test_cross_validate_is_the_written_out_lambda_fold_loop():
     X, T = _missing_x()
-    lambdas = [0.01, 3.0]  # ascending on purpose: every lambda is scored, in its place
+    lambdas = [0.01, 0.05]  # ascending on purpose: every lambda is scored, in its place
+    # (cold starts, the default: 0.01 from 0.05's weights would end elsewhere)
     params = {"max_iter": 15, "reg_kind": "squared"}
     kept, splits, ce, acc, iters, hits, best, final = _hand_search(X, T, lambdas, 3, 2, **params)
     est = TripletProbe(seed=2, **params)
@@ -1056,6 +1057,9 @@ def test_identity_probe_is_the_transform_switched_off():
     np.testing.assert_array_equal(off.weights_, np.eye(3))
     assert off.bias_ is None and off.n_iter_ == 0 and off.n_features_in_ == 3
     assert off.normalize and off.reg == 0.3 and not hasattr(est, "weights_")
+    with pytest.raises(InvalidInputError) as err:
+        identity_probe(est, X[0])
+    assert err.value.field == "X"
     kept = T[~(T == 5).any(axis=1)]
     Z = (X - present.mean()) / present.std()
     Z = Z / np.linalg.norm(Z, axis=1, keepdims=True)
@@ -1077,8 +1081,9 @@ def test_cross_validate_refuses_bad_arguments():
         (lambda: cross_validate(est, X, T, n_jobs=0), "n_jobs"),
     ]
     for call, field in cases:
-        with pytest.raises(InvalidInputError, match=field):
+        with pytest.raises(InvalidInputError, match=field) as err:
             call()
+        assert err.value.field == field.replace("\\", "")
     Xm = X.copy()
     Xm[0] = np.nan
     with pytest.raises(InvalidInputError, match="triplets"):
