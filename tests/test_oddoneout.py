@@ -762,3 +762,19 @@ def test_grouping_is_exact_for_any_number_of_objects(convention: str, n_objects:
         assert groups.majority_share[g] == pytest.approx(top / len(given))
         assert T[groups.first[g]].tolist() in [T[r].tolist() for r in rows]
     assert len(seen) == len(answers)
+
+
+def test_majority_full_tie_earns_nothing_whatever_the_answer() -> None:
+    """A full similarity tie predicts no object, so it earns 0 in the majority variant
+    even when the humans' majority answer is object 0 or 1 (as it would if the tie were
+    recorded as an object id)."""
+    X = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # 0, 1, 2: one point
+    for odd in (0, 1, 2):
+        T = np.array([[*sorted({0, 1, 2} - {odd}), odd]] * 2)
+        r = odd_one_out(X, T, variant="majority", n_bootstrap=0)
+        assert r.accuracy == 0.0 and r.n_full_ties == 1 and r.n_triplets == 1
+    # anchor 3: objects 0 and 1 are exactly as close to it; the humans say 0, then 1
+    for closer in (0, 1):
+        A = np.array([[3, closer, 1 - closer]] * 2)
+        r = anchor_accuracy(X, A, variant="majority", n_bootstrap=0)
+        assert r.accuracy == 0.0 and r.n_full_ties == 1
