@@ -873,6 +873,7 @@ def test_cross_validate_is_the_written_out_lambda_fold_loop():
     np.testing.assert_allclose(search.cross_entropy, ce, rtol=1e-12)
     np.testing.assert_array_equal(search.accuracy, acc)
     np.testing.assert_array_equal(search.n_iter, iters)
+    assert search.n_iter.dtype == np.int64  # iteration counts
     for (j, i), hit in hits.items():
         np.testing.assert_array_equal(search.correct[j][i], hit)
     assert search.lambdas == lambdas and search.best == best
@@ -1079,6 +1080,7 @@ def test_cross_validate_refuses_bad_arguments():
         (lambda: cross_validate(est, X, T, lambdas=0.1), "lambdas"),
         (lambda: cross_validate(est, X, T, lambdas=[0.1, -1.0]), r"lambdas\[1\]"),
         (lambda: cross_validate(est, X, T, n_jobs=0), "n_jobs"),
+        (lambda: cross_validate(est, X[0], T), "X"),
     ]
     for call, field in cases:
         with pytest.raises(InvalidInputError, match=field) as err:
@@ -1086,8 +1088,11 @@ def test_cross_validate_refuses_bad_arguments():
         assert err.value.field == field.replace("\\", "")
     Xm = X.copy()
     Xm[0] = np.nan
-    with pytest.raises(InvalidInputError, match="triplets"):
+    with pytest.raises(InvalidInputError, match="has no triplet over present stimuli"):
         cross_validate(est, Xm, T[(T == 0).any(axis=1)], lambdas=[0.1])
+    with pytest.raises(InvalidInputError, match="fold"):  # one triplet left: too few
+        one = int(np.flatnonzero(~(T == 0).any(axis=1))[0])  # a triplet over present ones
+        cross_validate(est, Xm, T[(T == 0).any(axis=1) | (np.arange(len(T)) == one)])
     assert cross_validate(est, X, T, lambdas=[0.0], refit=False).lambdas == [0.0]
 
 
