@@ -14,7 +14,7 @@ lambda chosen by held-out cross-entropy, then the refit at the chosen lambda) on
   ``git archive 9b75d8d client/align | tar -x -C /work/base``), run in a subprocess with
   ``DIR`` first on PYTHONPATH: cold starts, folds in threads, reduction cached per fold;
 - ``cold``: this tree, ``warm_start=False``;
-- ``warm`` (unless ``--no-warm``): this tree, ``warm_start=True`` (the default now);
+- ``warm`` (unless ``--no-warm``): this tree, ``warm_start=True`` (opt-in; not the default);
 - ``reference`` and ``cached`` (``--reference``; ~13 min): the path before issue 14
   (serial folds, reduction factorised per fit) and the same with the cache, this tree;
 - ``adam`` (``--adam-lambdas``): the paper's Adam (lr 1e-3, batch 256, <= 100 epochs,

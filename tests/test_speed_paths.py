@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -105,6 +106,148 @@ def test_reduction_cache_keys_on_content_not_identity():
     assert len(cache._bases) == 2 and len(cache._starts) == 2
     with pytest.raises(InvalidInputError, match="constant"):
         cache.get(np.zeros((3, 9)), W0)
+
+
+def _logistic(seed: int, n: int = 60, p: int = 8):
+    """A smooth convex objective with a closed-form gradient in the shape the probe's
+    L-BFGS runs on: ``evaluate(W, b) -> (f, dW, db)``; W (p, p), b (p,)."""
+    rng = np.random.default_rng(seed)
+    A = torch.from_numpy(rng.normal(size=(n, p)))
+    y = torch.from_numpy(rng.integers(0, 2, size=(n, p)).astype(np.float64))
+
+    def evaluate(W, b):
+        Z = A @ W + (0.0 if b is None else b)
+        f = float((torch.nn.functional.softplus(Z) - y * Z).mean() + 0.05 * (W * W).sum())
+        G = (torch.sigmoid(Z) - y) / Z.numel()
+        return f, A.T @ G + 0.1 * W, None if b is None else G.sum(0)
+
+    return evaluate
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_lbfgs_one_iteration_per_call_is_torchs_single_call_bit_for_bit(bias):
+    """lbfgs_minimise runs torch's L-BFGS one iteration per step() with the state carried
+    over and the repeated first evaluation served from a memo: with the stall rule off it
+    must give exactly the iterates, evaluations and iteration count of ONE step() call."""
+    evaluate = _logistic(3)
+    for max_iter in (3, 40):
+        runs = []
+        for mode in ("torch", "ours"):
+            W = torch.zeros(8, 8, dtype=torch.float64, requires_grad=True)
+            b = torch.zeros(8, dtype=torch.float64, requires_grad=True) if bias else None
+            params = [W] if b is None else [W, b]
+            curve: list[float] = []
+
+            def logged(W_, b_, curve=curve):
+                f, gW, gb = evaluate(W_, b_)
+                curve.append(f)
+                return f, gW, gb
+
+            if mode == "ours":
+                n_iter = core.lbfgs_minimise(
+                    params, logged, max_iter=max_iter, tol=1e-9, stall_tol=0.0
+                )
+            else:
+                opt = torch.optim.LBFGS(
+                    params,
+                    lr=1.0,
+                    max_iter=max_iter,
+                    max_eval=2 * max_iter,
+                    tolerance_grad=1e-12,
+                    tolerance_change=1e-9,
+                    history_size=core.LBFGS_HISTORY,
+                    line_search_fn="strong_wolfe",
+                )
+
+                def closure(W=W, b=b, logged=logged):
+                    with torch.no_grad():
+                        f, gW, gb = logged(W, b)
+                        W.grad = gW
+                        if b is not None:
+                            b.grad = gb
+                    return torch.tensor(f, dtype=torch.float64)
+
+                opt.step(closure)
+                n_iter = opt.state[W]["n_iter"]
+            runs.append(
+                (W.detach().clone(), None if b is None else b.detach().clone(), curve, n_iter)
+            )
+        (W1, b1, c1, n1), (W2, b2, c2, n2) = runs
+        assert n1 == n2 and (n1 == max_iter or max_iter == 40)
+        assert c1 == c2  # the same evaluations, in the same order, none repeated
+        assert torch.equal(W1, W2) and (b1 is None or torch.equal(b1, b2))
+
+
+def test_lbfgs_stall_rule_stops_when_the_window_gain_is_below_its_tolerance():
+    """The stall rule ends a fit once the objective fell by less than stall_tol * window *
+    max(1, |f|) over the last `window` iterations, and not before: checked against the
+    objective values at the accepted iterates (the last evaluation of each iteration)."""
+    evaluate = _logistic(4, n=200, p=12)
+    ref_values = []
+    for stall in (0.0, 1e-4):
+        W = torch.zeros(12, 12, dtype=torch.float64, requires_grad=True)
+        accepted: list[float] = []
+        n = core.lbfgs_minimise([W], evaluate, max_iter=200, tol=0.0, stall_tol=stall, window=3)
+        # replay: the accepted objective after each iteration = f at the final W of a
+        # run capped at that many iterations (the iterates do not depend on the cap)
+        for k in range(1, n + 1):
+            Wk = torch.zeros(12, 12, dtype=torch.float64, requires_grad=True)
+            core.lbfgs_minimise([Wk], evaluate, max_iter=k, tol=0.0, stall_tol=0.0)
+            accepted.append(evaluate(Wk.detach(), None)[0])
+        if stall == 0.0:
+            ref_values = accepted
+            continue
+        drops = [ref_values[k - 4] - ref_values[k - 1] for k in range(4, len(ref_values) + 1)]
+        limit = [1e-4 * 3 * max(1.0, abs(ref_values[k - 1])) for k in range(4, len(ref_values) + 1)]
+        first = next(i for i, (d, lim) in enumerate(zip(drops, limit, strict=True)) if d <= lim)
+        assert n == first + 4  # stops at the first iteration whose window gain is small
+        assert n < len(ref_values)  # and earlier than without the rule
+
+
+def test_triangular_basis_spans_the_rows_and_makes_them_lower_trapezoidal():
+    rng = np.random.default_rng(5)
+    for n, p, rank in ((7, 12, 5), (9, 6, 6), (6, 6, 6)):
+        rows = rng.normal(size=(n, rank)) @ rng.normal(size=(rank, p))
+        V, L = core.triangular_basis(rows)
+        r = V.shape[1]
+        assert r == (rank if n < p else p)
+        np.testing.assert_allclose(V.T @ V, np.eye(r), atol=1e-12)
+        np.testing.assert_allclose(L @ V.T, rows, atol=1e-10)  # rows = L V^T
+        np.testing.assert_allclose(rows @ V, L, atol=1e-10)
+        assert np.all(np.triu(L, 1) == 0.0)  # exactly lower trapezoidal
+
+
+@pytest.mark.parametrize("n,q", [(200, 200), (260, 200), (97, 96), (40, 40)])
+def test_lower_products_equal_the_dense_products(n, q):
+    rng = np.random.default_rng(n + q)
+    X = torch.from_numpy(np.tril(rng.normal(size=(n, q))))
+    W = torch.from_numpy(rng.normal(size=(q, 30)))
+    D = torch.from_numpy(rng.normal(size=(n, 30)))
+    blocks = core.triangular_blocks(X)
+    assert bool(blocks) == (q >= 2 * core.MIN_TRIANGLE_BLOCK)
+    if blocks:  # the blocks tile [0, q) in order
+        assert blocks[0][0] == 0 and blocks[-1][1] == q
+        assert all(a2 == b1 for (_, b1), (a2, _) in itertools.pairwise(blocks))
+    torch.testing.assert_close(core.lower_product(X, W, blocks), X @ W, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        core.lower_transposed_product(X, D, blocks), X.T @ D, rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_finite_is_isfinite_all(dtype):
+    big = torch.finfo(dtype).max
+    cases = [
+        torch.zeros(5, dtype=dtype),
+        torch.full((1000,), big, dtype=dtype),  # a float64 sum overflows: falls back
+        torch.tensor([1.0, float("inf")], dtype=dtype),
+        torch.tensor([1.0, -float("inf"), float("inf")], dtype=dtype),
+        torch.tensor([float("nan"), 2.0], dtype=dtype),
+        torch.tensor([-big, big, 3.0], dtype=dtype),
+    ]
+    for t in cases:
+        assert core.all_finite(t) == bool(torch.isfinite(t).all())
+    assert core.all_finite(torch.arange(4))  # integers are finite
 
 
 # ----------------------------------------------------------------------------- engine

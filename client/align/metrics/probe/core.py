@@ -41,6 +41,7 @@ __all__ = [
     "FitOutput",
     "ReductionCache",
     "TripletObjective",
+    "all_finite",
     "compress",
     "cross_entropy_t",
     "fit_weights",
@@ -52,6 +53,7 @@ __all__ = [
     "similarities_t",
     "softmax_np",
     "threads",
+    "triangular_basis",
 ]
 
 REG_KINDS = ("frobenius", "squared", "identity")
@@ -215,6 +217,22 @@ def map_chains(step: Callable[[int, int], None], k: int, length: int, n_jobs: in
 # ----------------------------------------------------------------------------- pieces
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is finite, without a boolean mask of ``t``'s size.
+
+    A float64 sum of the entries is finite exactly when every entry is (an infinity or a
+    NaN propagates; a float64 sum of finite float32 values cannot overflow), so a finite
+    sum decides at the cost of one read; only a non-finite sum (a float64 tensor summing
+    past 1e308) falls back to the element-wise test. 5-10x cheaper than
+    ``isfinite(t).all()`` at p x p, and it runs at every L-BFGS evaluation.
+    """
+    if not t.is_floating_point():
+        return True
+    if math.isfinite(float(t.detach().sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def similarities_t(E: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """(m, 3) dot products [s_ab, s_ac, s_bc] of rows of E for local triplets t."""
     a, b, c = E[t[:, 0]], E[t[:, 1]], E[t[:, 2]]
@@ -270,6 +288,129 @@ def initial_weights(init: str, tau: float, seed: int, p: int) -> np.ndarray:
     return np.eye(p) * tau
 
 
+# ----------------------------------------------------------------------------- L-BFGS
+
+#: L-BFGS also stops when the objective fell by less than ``STALL_FACTOR * tol *
+#: max(1, |f|)`` per iteration on average over the last STALL_WINDOW iterations (scipy's
+#: relative-decrease rule ``(f_k - f_k+1) / max(|f_k|, |f_k+1|, 1) <= ftol``, over a window
+#: so that one short step does not end a fit): 1e-6 at the default ``tol = 1e-7``. In the
+#: over-fitting regime (small lambda) the objective creeps along flat directions for
+#: hundreds of iterations while the held-out loss gets worse (bench/README.md, "Issue
+#: 14"); a smaller ``tol`` tightens both rules.
+STALL_FACTOR = 10.0
+STALL_WINDOW = 10
+LBFGS_HISTORY = 20
+
+Evaluate = Callable[
+    [torch.Tensor, torch.Tensor | None], tuple[float, torch.Tensor, torch.Tensor | None]
+]
+
+
+def lbfgs_minimise(
+    params: list[torch.Tensor],
+    evaluate: Evaluate,
+    *,
+    max_iter: int,
+    tol: float,
+    stall_tol: float | None = None,
+    window: int = STALL_WINDOW,
+) -> int:
+    """Minimise ``evaluate(W, b) -> (f, dW, db)`` over ``params = [W]`` or ``[W, b]`` with
+    torch's L-BFGS (history 20, strong Wolfe line search, at most ``max_iter`` iterations
+    and ``2 max_iter`` evaluations); returns the iterations done.
+
+    torch's stopping rules stay (loss change or step below ``tol``, gradient below
+    ``tol * 1e-3``); added: the stall rule (:data:`STALL_FACTOR`; ``stall_tol`` None:
+    ``STALL_FACTOR * tol``, 0: off). torch's optimiser cannot
+    be stopped from outside an iteration, so it runs one iteration per ``step`` call with
+    its state carried over; each call starts by evaluating the objective at the current
+    point, which the last line search already evaluated: that value is served from a memo
+    of the last evaluations (the accepted point is ``x + t d`` computed by the same
+    operations as the trial, so it is bit-identical), so the iterates and the evaluations
+    are exactly those of one ``step`` call with ``stall_tol=0``.
+    """
+    W = params[0]
+    b = params[1] if len(params) > 1 else None
+    if stall_tol is None:
+        stall_tol = STALL_FACTOR * tol
+    opt = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=1,
+        max_eval=2 * max_iter,
+        tolerance_grad=tol * 1e-3,
+        tolerance_change=tol,
+        history_size=LBFGS_HISTORY,
+        line_search_fn="strong_wolfe",
+    )
+    memo: list[tuple[torch.Tensor, torch.Tensor | None, float, torch.Tensor, Any]] = []
+    evals = 0
+
+    def lookup() -> tuple[float, torch.Tensor, Any] | None:
+        for Wm, bm, f, gW, gb in reversed(memo):
+            if torch.equal(Wm, W) and (b is None or bm is None or torch.equal(bm, b)):
+                return f, gW, gb
+        return None
+
+    expect_hit = False
+
+    def closure() -> torch.Tensor:
+        nonlocal evals, expect_hit
+        with torch.no_grad():
+            hit = lookup() if expect_hit else None
+            expect_hit = False  # only a call's first evaluation can be a repeat
+            if hit is None:
+                f, gW, gb = evaluate(W, b)
+                evals += 1
+                bm = None if b is None else b.detach().clone()
+                memo.append((W.detach().clone(), bm, f, gW, gb))
+                del memo[:-4]
+            else:
+                f, gW, gb = hit
+            W.grad = gW
+            if b is not None:
+                b.grad = gb
+        return torch.tensor(f, dtype=torch.float64)
+
+    state = opt.state[W]
+    group = opt.param_groups[0]
+    values: list[float] = []
+    while True:
+        before = int(state.get("n_iter", 0))
+        # the call's own first evaluation is the memo hit; the rest of the evaluation
+        # budget is what one long call would have left for this line search
+        group["max_eval"] = 1 + 2 * max_iter - max(evals, 1)
+        expect_hit = evals > 0
+        used = evals
+        opt.step(closure)
+        n_iter = int(state.get("n_iter", 0))
+        if n_iter == before or evals == used:
+            break  # converged at the start (gradient), or no descent direction left
+        hit = lookup()
+        if hit is None:  # pragma: no cover - the accepted point is always a recent trial
+            closure()
+            hit = lookup()
+            assert hit is not None
+        f, gW, gb = hit
+        values.append(f)
+        if n_iter >= max_iter or evals >= 2 * max_iter:
+            break
+        grad_max = float(gW.abs().max())
+        if gb is not None:
+            grad_max = max(grad_max, float(gb.abs().max()))
+        if grad_max <= tol * 1e-3:
+            break
+        if float(state["d"].mul(state["t"]).abs().max()) <= tol:
+            break
+        if abs(f - float(state["prev_loss"])) < tol:
+            break
+        if stall_tol > 0 and len(values) > window:
+            drop = values[-1 - window] - values[-1]
+            if drop <= stall_tol * window * max(1.0, abs(values[-1])):
+                break
+    return int(state.get("n_iter", 0))
+
+
 # ----------------------------------------------------------------------------- reduction
 
 
@@ -282,15 +423,48 @@ def _digest(*arrays: np.ndarray) -> bytes:
     return h.digest()
 
 
+def triangular_basis(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An orthonormal basis ``V`` (p, r) of the rows' span in which the rows are lower
+    trapezoidal: ``rows = L V^T`` (up to rows' components below 1e-10 of the largest
+    singular value) with ``L = rows V`` (n, r), ``L[i, j] = 0`` for ``j > i`` exactly.
+
+    Fewer rows than features (n < p): ``r`` is the numerical rank (singular values above
+    1e-10 of the largest, from the SVD), the SVD basis turned by the QR factorisation of
+    ``(U_r S_r)^T``. Otherwise: ``r = p`` and ``V`` is the ``Q`` of ``rows^T = Q R`` (a
+    rotation, no reduction; ``L = R^T``). Any orthonormal basis of the span gives the same
+    fit (the objective depends on ``W`` through ``rows W``, the penalty through ``||W||_F``);
+    this one makes ``L B`` and ``L^T D`` triangular products at about half the flops
+    (:class:`TripletObjective`). In torch on the calling thread's threads (numpy's OpenBLAS
+    pool fights torch's OpenMP threads: 2-30x slower).
+    """
+    Z = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64))
+    n, p = Z.shape
+    if n < p:
+        U, sv, Vt = torch.linalg.svd(Z, full_matrices=False)
+        r = int((sv > sv[0] * 1e-10).sum()) if sv.numel() and float(sv[0]) > 0 else 0
+        if r == 0:
+            raise InvalidInputError("X", "training rows are constant", "varying features")
+        Q1, R1 = torch.linalg.qr((U[:, :r] * sv[:r]).T)  # (r, n) = Q1 R1
+        V, L = Vt[:r].T @ Q1, R1.T
+    else:
+        if not bool(Z.any()):
+            raise InvalidInputError("X", "training rows are constant", "varying features")
+        V, R = torch.linalg.qr(Z.T)  # (p, n) = V R, V (p, p)
+        L = R.T
+    return np.ascontiguousarray(V.numpy()), np.ascontiguousarray(torch.tril(L).numpy())
+
+
 class ReductionCache:
     """The exact r x r reduction's factorisations, kept for the next fits on the same rows.
 
-    ``get(rows, W0)`` returns ``(V, Q, R)``: ``V`` (p, r) an orthonormal basis of the
-    rows' span from their SVD (r = numerical rank, singular values above 1e-10 of the
-    largest), and from the QR factorisation ``(V^T W0)^T = Q_m R_m``: ``Q = Q_m^T``
-    (r, p, orthonormal rows) and ``R = R_m^T`` (r, r), the reduced start. The SVD (and the QR, for
-    the same ``W0``) is the same for every lambda of a fold's grid; recomputing it cost
-    ~2-3 CPU s per fit at p = 1280 (more than the L-BFGS iterations at large lambda).
+    ``basis(rows)`` returns :func:`triangular_basis` ``(V, L)``: ``V`` (p, r) an
+    orthonormal basis of the rows' span (r = numerical rank when there are fewer rows than
+    features, else ``r = p``: a rotation) and ``L = rows V`` lower trapezoidal.
+    ``get(rows, W0)`` returns ``(V, Q, R)``: that ``V``, and from the QR factorisation
+    ``(V^T W0)^T = Q_m R_m``: ``Q = Q_m^T`` (r, p, orthonormal rows) and ``R = R_m^T``
+    (r, r), the reduced start. The factorisations depend only on the rows (and ``W0``),
+    not on the penalty: a lambda grid over one fold computes them once; recomputing them
+    cost ~2-3 CPU s per fit at p = 1280 (more than the L-BFGS iterations at large lambda).
     Keys are content digests of the arrays (never identities), so a hit returns exactly
     what a recomputation would; at most ``size`` entries of each kind are kept (least
     recently used dropped; ``size = 0`` turns caching off). Thread-safe. The arrays
@@ -300,7 +474,7 @@ class ReductionCache:
     def __init__(self, size: int = 4) -> None:
         self.size = size
         self._lock = threading.Lock()
-        self._bases: OrderedDict[bytes, tuple[np.ndarray, int]] = OrderedDict()
+        self._bases: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._starts: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def _lookup(self, table: OrderedDict[bytes, Any], key: bytes) -> Any:
@@ -324,20 +498,19 @@ class ReductionCache:
             self._bases.clear()
             self._starts.clear()
 
-    def get(self, rows: np.ndarray, W0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _basis(self, rows: np.ndarray) -> tuple[bytes, tuple[np.ndarray, np.ndarray]]:
         key = _digest(rows)
         basis = self._lookup(self._bases, key)
         if basis is None:
-            # torch's LAPACK honours the calling thread's torch thread count (numpy's
-            # OpenBLAS pool does not, and fights torch's OpenMP threads: 2-30x slower)
-            _, sv_t, Vt_t = torch.linalg.svd(torch.from_numpy(rows), full_matrices=False)
-            sv, Vt = sv_t.numpy(), Vt_t.numpy()
-            r = int(np.sum(sv > sv[0] * 1e-10)) if sv.size and sv[0] > 0 else 0
-            if r == 0:
-                raise InvalidInputError("X", "training rows are constant", "varying features")
-            basis = (np.ascontiguousarray(Vt[:r].T), r)
+            basis = triangular_basis(rows)
             self._store(self._bases, key, basis)
-        V = basis[0]
+        return key, basis
+
+    def basis(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._basis(rows)[1]
+
+    def get(self, rows: np.ndarray, W0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key, (V, _L) = self._basis(rows)
         skey = key + _digest(W0)
         start = self._lookup(self._starts, skey)
         if start is None:
@@ -389,7 +562,7 @@ class _Fit:
 
     def check_finite(self, what: str, *tensors: torch.Tensor | None) -> None:
         for t in tensors:
-            if t is not None and not bool(torch.isfinite(t).all()):
+            if t is not None and not all_finite(t):
                 raise NumericalError(
                     f"probe {what} became NaN or infinite (reg={self.o.reg:g}, "
                     f"optimizer={self.o.optimizer}, dtype={self.o.dtype}); not scoring it"
@@ -441,49 +614,32 @@ class _Fit:
         basis: tuple[torch.Tensor, torch.Tensor] | None = None
         stacked = Xs64 if Ls64 is None else np.vstack([Xs64, Ls64])
         W0 = W.detach().to("cpu", torch.float64).numpy()
-        if self.reducible() and stacked.shape[0] < stacked.shape[1]:
+        lower = False
+        if self.reducible():
             # Exact reduction (TripletProbe's docstring): W = V B Q with V (p, r) spanning
             # the training (and unlabeled) rows and Q (r, p) the row space of V^T W0, so
-            # optimise B (r, r). With at least as many rows as features it cannot reduce.
+            # optimise B (r, r); with at least as many rows as features r = p (a rotation).
+            # V is the basis in which the rows are lower trapezoidal (triangular_basis), so
+            # the objective's two products per evaluation are triangular (half the flops).
             # Both factorisations depend only on the rows and W0, not on the penalty: a
             # lambda grid over one fold computes them once (REDUCTIONS, same arrays).
             V, Qt, Rm = REDUCTIONS.get(stacked, W0)
-            Vt_, Qt_ = torch.from_numpy(V), torch.from_numpy(Qt)
-            basis = (Vt_, Qt_)
-            Xs64 = (torch.from_numpy(Xs64) @ Vt_).numpy()
+            L = REDUCTIONS.basis(stacked)[1]
+            basis = (torch.from_numpy(V), torch.from_numpy(Qt))
+            Xs64 = L[: Xs64.shape[0]]  # a prefix of lower-trapezoidal rows: lower too
             if Ls64 is not None:
-                Ls64 = (torch.from_numpy(Ls64) @ Vt_).numpy()
+                Ls64 = L[Xs64.shape[0] :]
             W0 = np.ascontiguousarray(Rm)
+            lower = True
         objective = TripletObjective(
-            self, Xs64, tloc, counts, b is not None, Ls64, targets64, chunk_rows
+            self, Xs64, tloc, counts, b is not None, Ls64, targets64, chunk_rows, lower=lower
         )
         with torch.no_grad():
             W = self.tensor(np.ascontiguousarray(W0)).clone().requires_grad_(True)
         params = [W] if b is None else [W, b]
         max_iter = self.o.max_iter or DEFAULT_MAX_ITER["lbfgs"]
-        opt = torch.optim.LBFGS(
-            params,
-            lr=1.0,
-            max_iter=max_iter,
-            max_eval=max_iter * 2,
-            tolerance_grad=self.o.tol * 1e-3,
-            tolerance_change=self.o.tol,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
-
-        def closure() -> torch.Tensor:
-            # the closed-form gradient (TripletObjective), no autograd graph
-            with torch.no_grad():
-                f, gW, gb = objective.evaluate(W, b)
-                W.grad = gW
-                if b is not None and gb is not None:
-                    b.grad = gb
-            return torch.tensor(f, dtype=torch.float64)
-
-        opt.step(closure)
+        n_iter = lbfgs_minimise(params, objective.evaluate, max_iter=max_iter, tol=self.o.tol)
         self.check_finite("weights", W, b)
-        n_iter = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
         curve = objective.curve
         if basis is None:
             weights = self.weights_out(W)
@@ -582,6 +738,50 @@ class _Fit:
         )
 
 
+#: Row blocks of a lower-trapezoidal product: about this many along the triangle (the
+#: flops are (k + 1) / 2k of the dense product's; smaller blocks cost BLAS efficiency).
+TRIANGLE_BLOCKS = 8
+MIN_TRIANGLE_BLOCK = 48
+
+
+def triangular_blocks(X: torch.Tensor) -> list[tuple[int, int]]:
+    """Row blocks ``[a, b)`` covering the triangle ``[0, q)`` of ``X`` (n, q), n >= q, for
+    :func:`lower_product`; empty (dense products) when ``X`` is too small to gain."""
+    n, q = X.shape
+    if n < q or q < 2 * MIN_TRIANGLE_BLOCK:
+        return []
+    step = max(MIN_TRIANGLE_BLOCK, -(-q // TRIANGLE_BLOCKS))
+    return [(a, min(a + step, q)) for a in range(0, q, step)]
+
+
+def lower_product(X: torch.Tensor, W: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Tensor:
+    """``X @ W`` for ``X`` (n, q) lower trapezoidal (``X[i, j] = 0`` for ``j > i``): rows
+    ``[a, b)`` of the triangle need only columns ``[0, b)``; rows from ``q`` on are dense.
+    ``blocks`` from :func:`triangular_blocks` (empty: the dense product)."""
+    if not blocks:
+        return X @ W
+    n, q = X.shape
+    E = torch.empty((n, W.shape[1]), dtype=W.dtype, device=W.device)
+    for a, b in blocks:
+        torch.mm(X[a:b, :b], W[:b], out=E[a:b])
+    if n > q:
+        torch.mm(X[q:], W, out=E[q:])
+    return E
+
+
+def lower_transposed_product(
+    X: torch.Tensor, D: torch.Tensor, blocks: list[tuple[int, int]]
+) -> torch.Tensor:
+    """``X.T @ D`` for ``X`` lower trapezoidal: output rows ``[a, b)`` (columns of ``X``)
+    have non-zeros only in rows ``a`` and below of ``X``."""
+    if not blocks:
+        return X.T @ D
+    G = torch.empty((X.shape[1], D.shape[1]), dtype=D.dtype, device=D.device)
+    for a, b in blocks:
+        torch.mm(X[a:, a:b].T, D[a:], out=G[a:b])
+    return G
+
+
 class TripletObjective:
     """The full-batch objective ``f(x) = data(W, b) + reg * R(W)`` and its gradient.
 
@@ -618,11 +818,13 @@ class TripletObjective:
         Ls: np.ndarray | None = None,
         targets: list[torch.Tensor] | None = None,
         chunks: list[torch.Tensor] | None = None,
+        lower: bool = False,
     ) -> None:
         self.fit = fit
         self.dt = DTYPES[fit.o.dtype]
         dev = fit.device
         self.Xs = torch.as_tensor(Xs, dtype=self.dt, device=dev)
+        self.blocks = triangular_blocks(self.Xs) if lower else []
         t = torch.as_tensor(tloc, device=dev)
         self.ta, self.tb, self.tc = t[:, 0], t[:, 1], t[:, 2]
         self.w = torch.as_tensor(counts / counts.sum(), dtype=torch.float64, device=dev)
@@ -651,7 +853,7 @@ class TripletObjective:
         """The data term (a Python float) and its gradients in ``W`` and ``b`` (in the
         fit's dtype, on the device)."""
         fit = self.fit
-        E = self.Xs @ W.to(self.dt)
+        E = lower_product(self.Xs, W.to(self.dt), self.blocks)
         if b is not None:
             E = E + b.to(self.dt)
         E64 = E.to(torch.float64)
@@ -681,7 +883,7 @@ class TripletObjective:
             dE = torch.where(nrm > 1e-12, dEn - En * radial, dEn) / scale
         else:
             dE = dEn
-        gW = self.Xs.T @ dE.to(self.dt)
+        gW = lower_transposed_product(self.Xs, dE.to(self.dt), self.blocks)
         gb = dE.sum(0).to(self.dt) if b is not None else None
         value = float(ce)
         if fit.extra is not None and self.Ls is not None:

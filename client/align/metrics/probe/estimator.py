@@ -85,7 +85,9 @@ class TripletProbe:
         256 triplets, at most 100 epochs, early stopping on validation cross-entropy with
         patience 10).
     max_iter: L-BFGS iterations or Adam epochs (None: 300 / 100).
-    tol: L-BFGS stops when the loss changes by less than this between iterations.
+    tol: L-BFGS stops when the loss changes by less than this between iterations, or
+        falls by less than ``10 tol max(1, |loss|)`` per iteration on average over the
+        last 10 iterations (a stalled fit; core.STALL_FACTOR).
     lr, batch_size, patience, val_fraction: Adam settings; without explicit validation
         data ``val_fraction`` of the training triplets (seeded) is held back for early
         stopping.
@@ -101,7 +103,11 @@ class TripletProbe:
         initialised from ``W0`` follows the same L-BFGS path. The components of ``W``
         outside the span of the training rows feel only the penalty and are zero at
         the optimum; they are set to zero. ``reduce=False`` optimises the full p x p
-        matrix (same result up to convergence; slower when n_objects < p).
+        matrix (same result up to convergence; slower when n_objects < p). With at
+        least as many rows as features ``r = p``: ``V`` is then a rotation only. ``V``
+        is chosen so that the training rows are lower trapezoidal in it (``X' V``; the
+        SVD basis turned by a QR factorisation), which makes the two products of each
+        objective evaluation triangular: about half the flops.
 
     The parameters are stored as given and checked by ``fit`` (InvalidInputError naming
     the parameter). Fitted attributes: ``mean_``, ``std_`` (floats), ``weights_``
