@@ -962,6 +962,32 @@ def test_training_set_hook_gets_fold_objects_and_real_triplets():
         )
 
 
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_training_set_hook_fit_arguments_reach_every_fit(warm_start):
+    X, T = cv_data(seed=30)
+    tags: list[object] = []
+
+    class Tagged(TripletProbe):
+        def fit(self, X, triplets, *args, tag=None, **kw):
+            tags.append(tag)
+            return super().fit(X, triplets, *args, **kw)
+
+    def hook(fold, objects, real):
+        return real, {"tag": "refit" if fold is None else fold}
+
+    cross_validate(
+        Tagged(max_iter=2),
+        X,
+        T,
+        lambdas=[0.5, 0.1],
+        cv=ObjectKFold(3, 0),
+        training_set=hook,
+        warm_start=warm_start,
+        n_jobs=1,
+    )
+    assert tags == [0, 0, 1, 1, 2, 2, "refit"]
+
+
 def test_warm_start_chains_each_fold_from_large_to_small_lambda():
     X, T = cv_data(seed=20)
     log: list[tuple[float, object]] = []
