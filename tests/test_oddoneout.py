@@ -778,3 +778,20 @@ def test_majority_full_tie_earns_nothing_whatever_the_answer() -> None:
         A = np.array([[3, closer, 1 - closer]] * 2)
         r = anchor_accuracy(X, A, variant="majority", n_bootstrap=0)
         assert r.accuracy == 0.0 and r.n_full_ties == 1
+
+
+@pytest.mark.parametrize("m", [3, 5, 9, 17, 1025])
+def test_packed_sort_is_stable_when_the_last_index_needs_one_more_bit(m: int) -> None:
+    """``(order, keys[order])`` is numpy's stable argsort for m = 2^k + 1 responses (the
+    last index, 2^k, needs k + 1 bits) and for keys of 62 bits (no room to pack)."""
+    from align.metrics.oddoneout import _sorted_with_order
+
+    rng = np.random.default_rng(m)
+    for key_bits, high in ((4, 1 << 3), (62, 1 << 62)):
+        keys = rng.integers(high // 2, high, size=m, dtype=np.int64)
+        keys[: m // 2] = keys[m // 2]  # many equal keys: stability matters
+        rng.shuffle(keys)
+        order, sorted_keys = _sorted_with_order(keys.copy(), key_bits)
+        expected = np.argsort(keys, kind="stable")
+        np.testing.assert_array_equal(order, expected)
+        np.testing.assert_array_equal(sorted_keys, keys[expected])
