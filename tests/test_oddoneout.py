@@ -727,12 +727,13 @@ def test_majority_variant_when_no_triplet_repeats(convention: str) -> None:
 
 
 @pytest.mark.parametrize("convention", ["odd-one-out", "anchor"])
-@pytest.mark.parametrize("n_objects", [50, 1_300_000, 2_000_000, 2_700_000])
+@pytest.mark.parametrize("n_objects", [50, 1_040_000, 1_300_000, 2_000_000, 2_700_000])
 def test_grouping_is_exact_for_any_number_of_objects(convention: str, n_objects: int) -> None:
     """Groups, answer counts, answer objects and ties against a dict, for object counts
-    whose packed (triplet, answer) keys fit int64 (50), fill its sign bit (1.3 million:
-    n^3 has 61 bits) or would overflow it (2 and 2.7 million): only the object count
-    changes the key arithmetic, so the ids are drawn near its top."""
+    whose packed (triplet, answer) keys fit int64 (50; 1.04 million: exactly 62 bits),
+    need its sign bit (1.3 million: n^3 has 61 bits) or would overflow it (2 and 2.7
+    million): only the object count changes the key arithmetic, so the ids are drawn
+    near its top."""
     from align.metrics.oddoneout import _group
 
     rng = np.random.default_rng(n_objects % 97)
