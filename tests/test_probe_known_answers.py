@@ -650,9 +650,10 @@ def test_a_loaded_probe_scores_with_the_thingsvision_transform(tmp_path, normali
         probe.similarities(X, np.array([[6, 0, 1]]))  # a missing stimulus
     with pytest.raises(InvalidInputError, match="probe"):
         TripletProbe().transform(X)
-    with pytest.raises(InvalidInputError) as err:
-        probe.transform(X[0])  # one row given as a vector
-    assert err.value.field == "X"
+    for call in (probe.transform, lambda Z: probe.similarities(Z, T)):
+        with pytest.raises(InvalidInputError) as err:
+            call(X[0])  # one row given as a vector
+        assert err.value.field == "X"
     probe.normalize = "yes"
     with pytest.raises(InvalidInputError) as err:
         probe.transform(X)
