@@ -205,10 +205,19 @@ def test_lbfgs_stall_rule_stops_when_the_window_gain_is_below_its_tolerance():
 
 
 def test_triangular_basis_spans_the_rows_and_makes_them_lower_trapezoidal():
+    """Fewer rows than features: r = the rows' rank; otherwise r = p (a rotation), even
+    for rank-deficient square rows; float64 whatever the input's dtype."""
     rng = np.random.default_rng(5)
-    for n, p, rank in ((7, 12, 5), (9, 6, 6), (6, 6, 6)):
-        rows = rng.normal(size=(n, rank)) @ rng.normal(size=(rank, p))
+    for n, p, rank, dtype in (
+        (7, 12, 5, np.float64),
+        (9, 6, 6, np.float64),
+        (6, 6, 6, np.float64),
+        (6, 6, 4, np.float64),
+        (5, 9, 5, np.float32),
+    ):
+        rows = (rng.normal(size=(n, rank)) @ rng.normal(size=(rank, p))).astype(dtype)
         V, L = core.triangular_basis(rows)
+        assert V.dtype == np.float64 and L.dtype == np.float64
         r = V.shape[1]
         assert r == (rank if n < p else p)
         np.testing.assert_allclose(V.T @ V, np.eye(r), atol=1e-12)
