@@ -646,8 +646,10 @@ def test_a_loaded_probe_scores_with_the_thingsvision_transform(tmp_path, normali
     for call in (probe.transform, lambda Z: probe.similarities(Z, T)):
         with pytest.raises(InvalidInputError, match="X"):
             call(X[:, :3])
-    with pytest.raises(InvalidInputError):
-        probe.similarities(X, np.array([[6, 0, 1]]))  # a missing stimulus
+    for bad in (np.array([[6, 0, 1]]), np.array([[0, 1, 99]])):  # missing / out of range
+        with pytest.raises(InvalidInputError) as err:
+            probe.similarities(X, bad)
+        assert err.value.field.startswith("triplets")
     with pytest.raises(InvalidInputError, match="probe"):
         TripletProbe().transform(X)
     for call in (probe.transform, lambda Z: probe.similarities(Z, T)):
