@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from pathlib import Path
 
@@ -226,7 +227,7 @@ def test_triangular_basis_spans_the_rows_and_makes_them_lower_trapezoidal():
         assert np.all(np.triu(L, 1) == 0.0)  # exactly lower trapezoidal
 
 
-@pytest.mark.parametrize("n,q", [(200, 200), (260, 200), (97, 96), (40, 40)])
+@pytest.mark.parametrize("n,q", [(200, 200), (260, 200), (97, 96), (40, 40), (410, 400)])
 def test_lower_products_equal_the_dense_products(n, q):
     rng = np.random.default_rng(n + q)
     X = torch.from_numpy(np.tril(rng.normal(size=(n, q))))
@@ -234,8 +235,10 @@ def test_lower_products_equal_the_dense_products(n, q):
     D = torch.from_numpy(rng.normal(size=(n, 30)))
     blocks = core.triangular_blocks(X)
     assert bool(blocks) == (q >= 2 * core.MIN_TRIANGLE_BLOCK)
-    if blocks:  # the blocks tile [0, q) in order
+    if blocks:  # the blocks tile [0, q) in order, about TRIANGLE_BLOCKS of them
         assert blocks[0][0] == 0 and blocks[-1][1] == q
+        step = max(core.MIN_TRIANGLE_BLOCK, math.ceil(q / core.TRIANGLE_BLOCKS))
+        assert len(blocks) == math.ceil(q / step)
         assert all(a2 == b1 for (_, b1), (a2, _) in itertools.pairwise(blocks))
     torch.testing.assert_close(core.lower_product(X, W, blocks), X @ W, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(

@@ -441,7 +441,7 @@ def triangular_basis(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, p = Z.shape
     if n < p:
         U, sv, Vt = torch.linalg.svd(Z, full_matrices=False)
-        r = int((sv > sv[0] * 1e-10).sum()) if sv.numel() and float(sv[0]) > 0 else 0
+        r = int((sv > sv[0] * 1e-10).sum())  # 0 for constant (all-zero) rows
         if r == 0:
             raise InvalidInputError("X", "training rows are constant", "varying features")
         Q1, R1 = torch.linalg.qr((U[:, :r] * sv[:r]).T)  # (r, n) = Q1 R1
