@@ -796,3 +796,33 @@ def test_packed_sort_is_stable_when_the_last_index_needs_one_more_bit(m: int) ->
         expected = np.argsort(keys, kind="stable")
         np.testing.assert_array_equal(order, expected)
         np.testing.assert_array_equal(sorted_keys, keys[expected])
+
+
+@pytest.mark.parametrize("similarity", SIMS)
+def test_predict_odd_one_out_with_missing_rows_equals_the_loop(similarity: str) -> None:
+    """int64 positions as the loop gives them for the kept triplets (with the requested
+    similarity), -1 for those touching an all-NaN row; a missing row that no triplet
+    touches drops nothing and warns about nothing; a bad similarity is named."""
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((8, 3))
+    X[6] = np.nan
+    T = np.array(list(combinations(range(8), 3)))
+    rng.shuffle(T, axis=1)
+    touching = (T == 6).any(axis=1)
+    with pytest.warns(MissingStimuliWarning, match=f"{int(touching.sum())} of {len(T)}"):
+        pred = predict_odd_one_out(X, T, similarity)  # type: ignore[arg-type]
+    assert pred.dtype == np.int64
+    assert (pred[touching] == -1).all()
+    assert pred[~touching].tolist() == ref_predict(X, T[~touching], similarity)
+    untouched = T[~touching]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        same = predict_odd_one_out(X, untouched, similarity)  # type: ignore[arg-type]
+        r = odd_one_out(X, untouched, similarity, n_bootstrap=0)  # type: ignore[arg-type]
+    assert not [w for w in caught if issubclass(w.category, MissingStimuliWarning)]
+    assert same.tolist() == pred[~touching].tolist() and r.n_dropped == 0
+    full = predict_odd_one_out(np.nan_to_num(X), T, similarity)  # type: ignore[arg-type]
+    assert full.dtype == np.int64
+    with pytest.raises(InvalidInputError) as err:
+        predict_odd_one_out(X, T, "cos")  # type: ignore[arg-type]
+    assert err.value.field == "similarity"
