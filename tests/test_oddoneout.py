@@ -826,3 +826,11 @@ def test_predict_odd_one_out_with_missing_rows_equals_the_loop(similarity: str) 
     with pytest.raises(InvalidInputError) as err:
         predict_odd_one_out(X, T, "cos")  # type: ignore[arg-type]
     assert err.value.field == "similarity"
+
+
+def test_missing_stimuli_warning_points_at_the_callers_line() -> None:
+    """predict_odd_one_out's MissingStimuliWarning is attributed to the calling code."""
+    X = np.vstack([np.eye(3), np.full((1, 3), np.nan)])
+    with pytest.warns(MissingStimuliWarning) as caught:
+        predict_odd_one_out(X, [[0, 1, 3], [0, 1, 2]])
+    assert [w.filename for w in caught] == [__file__]
