@@ -240,6 +240,10 @@ def main() -> int:
     summary_path = BUILD / "summary.json"
     mutmut = str(Path(sys.executable).parent / "mutmut")
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    # the staged tests live under build/mutation/<module>/tests, where conftest.py's
+    # default data folder (../shared/data of the repo) does not resolve: without this,
+    # every test on the real data is SKIPPED in the stage and its mutants look untested
+    env.setdefault("ALIGN_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     if args.recheck:
         for module in modules:
             recheck(module, summary_path, mutmut, env, args.max_children)
