@@ -1233,6 +1233,18 @@ def test_cross_validate_probe_defaults_and_refusals():
     X, T = cv_data(seed=23)
     res = cross_validate_probe(X, T, lambdas=(0.1,), max_iter=2)
     assert res.k == 3 and res.seed == 0 and len(res.folds) == 3 and res.probe is not None
+    # default intervals: 1000 resamples at 95 % with the seed
+    from align.metrics.probe.cv import heldout_statistics
+
+    search = cross_validate(
+        TripletProbe(seed=0, max_iter=2), X, T, lambdas=(0.1,), cv=ObjectKFold(3, 0)
+    )
+    stats = heldout_statistics(search, n_bootstrap=1000, confidence=0.95, seed=0)
+    assert (res.ci, res.baseline["ci"], res.lift["ci"]) == (
+        stats["ci"],
+        stats["baseline"]["ci"],
+        stats["lift"]["ci"],
+    )
     assert res.probe.seed == 0
     assert cross_validate_probe(X, T, lambdas=(0.1,), k=2, seed=3, max_iter=2).probe.seed == 3
     for kw, field in [
