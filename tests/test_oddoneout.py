@@ -834,7 +834,11 @@ def test_missing_stimuli_warning_points_at_the_callers_line() -> None:
     X = np.vstack([np.eye(3), np.full((1, 3), np.nan)])
     with pytest.warns(MissingStimuliWarning) as caught:
         predict_odd_one_out(X, [[0, 1, 3], [0, 1, 2]])
-    assert [w.filename for w in caught] == [__file__]
+    import sys
+
+    # (under mutation testing, mutmut's trampolines add stack frames in between)
+    if not any(name.startswith("mutmut") for name in sys.modules):
+        assert [w.filename for w in caught] == [__file__]
     assert str(caught[0].message) == (
         "1 of 2 triplets touch one of 1 missing stimuli (all-NaN feature rows) and were dropped"
     )
