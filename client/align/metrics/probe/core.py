@@ -333,11 +333,10 @@ def lbfgs_minimise(
     b = params[1] if len(params) > 1 else None
     if stall_tol is None:
         stall_tol = STALL_FACTOR * tol
-    opt = torch.optim.LBFGS(
+    opt = torch.optim.LBFGS(  # max_eval: set before every call (below)
         params,
         lr=1.0,
         max_iter=1,
-        max_eval=2 * max_iter,
         tolerance_grad=tol * 1e-3,
         tolerance_change=tol,
         history_size=LBFGS_HISTORY,
