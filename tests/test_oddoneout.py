@@ -842,3 +842,19 @@ def test_missing_stimuli_warning_points_at_the_callers_line() -> None:
     assert str(caught[0].message) == (
         "1 of 2 triplets touch one of 1 missing stimuli (all-NaN feature rows) and were dropped"
     )
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("similarity", SIMS)
+def test_overflowing_similarities_raise_and_name_the_similarity(similarity: str, path: str) -> None:
+    """Features whose dot products overflow float64 are refused (NumericalError naming
+    the similarity), never scored, on both paths, also beside a missing stimulus."""
+    rng = np.random.default_rng(10)
+    X = rng.standard_normal((6, 3)) * 1e200
+    X[5] = np.nan
+    T = np.array([t for t in combinations(range(5), 3)] * 20)
+    for features in (X[:5], X):
+        with pytest.raises(NumericalError, match=f"{similarity} similarities overflowed"):
+            odd_one_out(features, T, similarity, n_bootstrap=0)  # type: ignore[arg-type]
+        with pytest.raises(NumericalError, match=f"{similarity} similarities overflowed"):
+            predict_odd_one_out(features, T, similarity)  # type: ignore[arg-type]
