@@ -531,7 +531,7 @@ def test_adam_validation_loss_includes_the_bias_and_must_be_finite(normalize):
     # the validation loss of epoch 1 is the held-out loss of the weights returned
     # (the estimator's own transform: thingsvision's formula, tested above)
     assert probe.val_curve_[0] == pytest.approx(probe.loss(X, Tv), rel=1e-9)
-    with pytest.raises(NumericalError, match="validation loss"):
+    with pytest.raises(NumericalError, match="probe validation loss became"):
         TripletProbe(optimizer="adam", max_iter=2).fit(X, T, X_val=X * 1e200, val_triplets=Tv)
 
 
