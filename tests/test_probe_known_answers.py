@@ -411,6 +411,15 @@ def test_lbfgs_default_is_300_iterations():
     assert probe.n_iter_ == 300
 
 
+def test_a_zero_start_is_a_fixed_point_of_the_unsquared_penalty():
+    # at W = 0 every similarity is 0 and the data gradient G E vanishes; the unsquared
+    # norm's (sub)gradient is taken as 0 there: the fit stays at 0, finite, no error
+    X, T = tiny(seed=31)
+    probe = TripletProbe(reg=0.1, reg_kind="frobenius").fit(X, T, init_weights=np.zeros((4, 4)))
+    np.testing.assert_array_equal(probe.weights_, np.zeros((4, 4)))
+    assert probe.loss_curve_[0] == pytest.approx(math.log(3), rel=1e-12)
+
+
 def test_float32_fit_has_the_float64_first_objective():
     X, T = tiny(seed=8)
     tau, reg = 0.9, 0.1
