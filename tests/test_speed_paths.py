@@ -126,60 +126,116 @@ def _logistic(seed: int, n: int = 60, p: int = 8, spread: float = 0.0):
     return evaluate
 
 
+def _tiny_quadratic(W, b):
+    """1e-3 * ||W - 1||^2 (+ the same for b): the first step (t = 1 along -g, |g| ~ 1e-3)
+    is far too short, so the line search extrapolates for several evaluations and the
+    evaluation budget (2 max_iter) ends the fit."""
+    f = 1e-3 * float(((W - 1) ** 2).sum())
+    if b is not None:
+        f += 1e-3 * float(((b - 1) ** 2).sum())
+    return f, 2e-3 * (W - 1), None if b is None else 2e-3 * (b - 1)
+
+
+def _rosenbrock(W, b):
+    """Rosenbrock's valley over the entries of W (and b): curved, so the strong-Wolfe
+    line search often brackets and returns an earlier trial than its last one."""
+    x = W.reshape(-1) if b is None else torch.cat([W.reshape(-1), b])
+    f = float((100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum())
+    g = torch.zeros_like(x)
+    g[:-1] += -400 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2 * (1 - x[:-1])
+    g[1:] += 200 * (x[1:] - x[:-1] ** 2)
+    n = W.numel()
+    return f, g[:n].reshape(W.shape), None if b is None else g[n:]
+
+
 @pytest.mark.parametrize("bias", [False, True])
-def test_lbfgs_one_iteration_per_call_is_torchs_single_call_bit_for_bit(bias):
+@pytest.mark.parametrize(
+    ("problem", "max_iter", "start"),
+    [("logistic", 3, 0.0), ("logistic", 60, 0.0), ("tiny", 2, 0.0), ("rosenbrock", 80, -0.5)],
+)
+def test_lbfgs_one_iteration_per_call_is_torchs_single_call_bit_for_bit(
+    bias, problem, max_iter, start
+):
     """lbfgs_minimise runs torch's L-BFGS one iteration per step() with the state carried
     over and the repeated first evaluation served from a memo: with the stall rule off it
-    must give exactly the iterates, evaluations and iteration count of ONE step() call."""
-    evaluate = _logistic(3, spread=2.5)
-    for max_iter in (3, 60):
-        runs = []
-        for mode in ("torch", "ours"):
-            W = torch.zeros(8, 8, dtype=torch.float64, requires_grad=True)
-            b = torch.zeros(8, dtype=torch.float64, requires_grad=True) if bias else None
-            params = [W] if b is None else [W, b]
-            curve: list[float] = []
+    must give exactly the iterates, evaluations and iteration count of ONE step() call:
+    past the 20-pair history (logistic, 60), when the evaluation budget ends the fit
+    (tiny), on a curved valley where line searches bracket (rosenbrock)."""
+    evaluate = {
+        "logistic": _logistic(3, spread=2.5),
+        "tiny": _tiny_quadratic,
+        "rosenbrock": _rosenbrock,
+    }[problem]
+    p = 8 if problem == "logistic" else 3
+    runs = []
+    for mode in ("torch", "ours"):
+        W = torch.full((p, p), start, dtype=torch.float64, requires_grad=True)
+        b = torch.full((p,), start, dtype=torch.float64, requires_grad=True) if bias else None
+        params = [W] if b is None else [W, b]
+        curve: list[float] = []
 
-            def logged(W_, b_, curve=curve):
-                f, gW, gb = evaluate(W_, b_)
-                curve.append(f)
-                return f, gW, gb
+        def logged(W_, b_, curve=curve):
+            f, gW, gb = evaluate(W_, b_)
+            curve.append(f)
+            return f, gW, gb
 
-            if mode == "ours":
-                n_iter = core.lbfgs_minimise(
-                    params, logged, max_iter=max_iter, tol=1e-9, stall_tol=0.0
-                )
-            else:
-                opt = torch.optim.LBFGS(
-                    params,
-                    lr=1.0,
-                    max_iter=max_iter,
-                    max_eval=2 * max_iter,
-                    tolerance_grad=1e-12,
-                    tolerance_change=1e-9,
-                    history_size=core.LBFGS_HISTORY,
-                    line_search_fn="strong_wolfe",
-                )
-
-                def closure(W=W, b=b, logged=logged):
-                    with torch.no_grad():
-                        f, gW, gb = logged(W, b)
-                        W.grad = gW
-                        if b is not None:
-                            b.grad = gb
-                    return torch.tensor(f, dtype=torch.float64)
-
-                opt.step(closure)
-                n_iter = opt.state[W]["n_iter"]
-            runs.append(
-                (W.detach().clone(), None if b is None else b.detach().clone(), curve, n_iter)
+        if mode == "ours":
+            n_iter = core.lbfgs_minimise(params, logged, max_iter=max_iter, tol=1e-9, stall_tol=0.0)
+        else:
+            opt = torch.optim.LBFGS(
+                params,
+                lr=1.0,
+                max_iter=max_iter,
+                max_eval=2 * max_iter,
+                tolerance_grad=1e-12,
+                tolerance_change=1e-9,
+                history_size=core.LBFGS_HISTORY,
+                line_search_fn="strong_wolfe",
             )
-        (W1, b1, c1, n1), (W2, b2, c2, n2) = runs
-        assert n1 == n2 and (n1 == max_iter or max_iter == 60)
-        if max_iter == 60:  # past the 20-pair history: its size is part of the path
-            assert n1 > core.LBFGS_HISTORY + 5
-        assert c1 == c2  # the same evaluations, in the same order, none repeated
-        assert torch.equal(W1, W2) and (b1 is None or torch.equal(b1, b2))
+
+            def closure(W=W, b=b, logged=logged):
+                with torch.no_grad():
+                    f, gW, gb = logged(W, b)
+                    W.grad = gW
+                    if b is not None:
+                        b.grad = gb
+                return torch.tensor(f, dtype=torch.float64)
+
+            opt.step(closure)
+            n_iter = opt.state[W]["n_iter"]
+        runs.append((W.detach().clone(), None if b is None else b.detach().clone(), curve, n_iter))
+    (W1, b1, c1, n1), (W2, b2, c2, n2) = runs
+    assert n1 == n2
+    assert c1 == c2  # the same evaluations, in the same order, none repeated
+    assert torch.equal(W1, W2) and (b1 is None or torch.equal(b1, b2))
+    if problem == "logistic" and max_iter == 60:  # the history size is part of the path
+        assert n1 > core.LBFGS_HISTORY + 5
+    if problem == "tiny":  # the budget, not the iterations, ended it
+        assert len(c1) == 2 * max_iter and n1 < max_iter
+    if problem == "logistic" and max_iter == 3:
+        assert n1 == 3
+
+
+def test_lbfgs_gradient_rule_stops_at_tol_times_1e_3_and_not_before():
+    """A flat, badly scaled quadratic (curvatures 1e-10 .. 1e-8, optimum at 1e9): the
+    loss still falls by more than tol = 1 per iteration when the largest gradient entry
+    reaches tol * 1e-3, so the gradient rule is the one that ends the fit, there and
+    not earlier (the start's gradient, <= 10, is below 1e3: a looser rule stops at once)."""
+    curv = torch.from_numpy(np.logspace(-10, -8, 9).reshape(3, 3))
+    target = 1e9
+
+    def evaluate(W, b):
+        D = W - target
+        return float(0.5 * (curv * D * D).sum()), curv * D, None
+
+    W = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    n = core.lbfgs_minimise([W], evaluate, max_iter=200, tol=1.0, stall_tol=0.0)
+    g = evaluate(W.detach(), None)[1]
+    assert n >= 2 and float(g.abs().max()) <= 1e-3
+    # one iteration fewer: the gradient was still above the threshold
+    W1 = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    core.lbfgs_minimise([W1], evaluate, max_iter=n - 1, tol=1.0, stall_tol=0.0)
+    assert float(evaluate(W1.detach(), None)[1].abs().max()) > 1e-3
 
 
 def test_lbfgs_stall_rule_stops_when_the_window_gain_is_below_its_tolerance():

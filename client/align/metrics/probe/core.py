@@ -347,11 +347,11 @@ def lbfgs_minimise(
 
     def lookup() -> tuple[float, torch.Tensor, Any] | None:
         for Wm, bm, f, gW, gb in reversed(memo):
-            if torch.equal(Wm, W) and (b is None or bm is None or torch.equal(bm, b)):
+            if torch.equal(Wm, W) and (b is None or (bm is not None and torch.equal(bm, b))):
                 return f, gW, gb
         return None
 
-    expect_hit = False
+    expect_hit = False  # set before every call (below)
 
     def closure() -> torch.Tensor:
         nonlocal evals, expect_hit
@@ -375,15 +375,14 @@ def lbfgs_minimise(
     group = opt.param_groups[0]
     values: list[float] = []
     while True:
-        before = int(state.get("n_iter", 0))
         # the call's own first evaluation is the memo hit; the rest of the evaluation
         # budget is what one long call would have left for this line search
         group["max_eval"] = 1 + 2 * max_iter - max(evals, 1)
-        expect_hit = evals > 0
+        expect_hit = evals > 0  # the first call's first evaluation is a real one
         used = evals
         opt.step(closure)
         n_iter = int(state.get("n_iter", 0))
-        if n_iter == before or evals == used:
+        if evals == used:
             break  # converged at the start (gradient), or no descent direction left
         hit = lookup()
         if hit is None:  # pragma: no cover - the accepted point is always a recent trial
