@@ -858,3 +858,23 @@ def test_overflowing_similarities_raise_and_name_the_similarity(similarity: str,
             odd_one_out(features, T, similarity, n_bootstrap=0)  # type: ignore[arg-type]
         with pytest.raises(NumericalError, match=f"{similarity} similarities overflowed"):
             predict_odd_one_out(features, T, similarity)  # type: ignore[arg-type]
+
+
+def test_euclidean_of_nearly_equal_rows_is_finite(path: str) -> None:
+    """Rows 1e-9 apart: |u|^2 + |v|^2 - 2 u.v can round below zero, which must read as
+    distance 0 (similarity <= 0, finite), not NaN or an overflow error; the values stay
+    within 1e-7 of the loop's -|u - v|."""
+    rng = np.random.default_rng(0)
+    U = rng.standard_normal((40, 3))
+    X = np.empty((80, 3))
+    X[0::2], X[1::2] = U, U + rng.standard_normal(U.shape) * 1e-9
+    T = np.array([[2 * k, 2 * k + 1, (2 * k + 2) % 80] for k in range(40)])
+    got = pairwise_triplet_similarities(X, T, similarity="euclidean")
+    rows = X.tolist()
+    want = [
+        [ref_similarity(rows[i], rows[j], "euclidean") for i, j in ((a, b), (a, c), (b, c))]
+        for a, b, c in T.tolist()
+    ]
+    assert np.isfinite(got).all() and (got <= 0).all()
+    np.testing.assert_allclose(got, want, atol=1e-7)
+    assert odd_one_out(X, T, "euclidean", n_bootstrap=0).accuracy == 1.0  # c, far, is odd
