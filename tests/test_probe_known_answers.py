@@ -754,6 +754,29 @@ def test_objective_call_takes_and_gives_flat_float64_vectors():
     assert obj.curve == [f]
 
 
+def test_cosine_gradient_for_embedded_rows_shorter_than_one():
+    # normalize=True back-propagates through the row normalisation for every row of
+    # non-zero norm, however short (here all norms < 1): autograd of the written objective
+    X, T = tiny(seed=33)
+    uniq, counts = core.compress(T)
+    objs, tloc = core.localise(uniq)
+    opts = TripletProbe(reg=0.0, normalize=True).fit_options()
+    fit = core._Fit(opts, 0.0, 1.0, None)
+    obj = core.TripletObjective(fit, X[objs], tloc, counts, False)
+    W = np.random.default_rng(1).normal(size=(4, 4)) * 0.02
+    assert np.linalg.norm(X @ W, axis=1).max() < 1
+    _f, g = obj(W.ravel())
+    Wt = torch.tensor(W, requires_grad=True)
+    E = torch.as_tensor(X) @ Wt
+    E = E / E.norm(dim=1, keepdim=True)
+    t = torch.as_tensor(T)
+    a, b, c = E[t[:, 0]], E[t[:, 1]], E[t[:, 2]]
+    S = torch.stack([(a * b).sum(1), (a * c).sum(1), (b * c).sum(1)], 1)
+    (torch.logsumexp(S, 1) - S[:, 0]).mean().backward()
+    assert Wt.grad is not None
+    np.testing.assert_allclose(g.reshape(4, 4), Wt.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
 def test_fit_options_boundaries_name_the_parameter():
     ok = {
         "reg": 0.0,
