@@ -428,6 +428,10 @@ def test_float32_fit_has_the_float64_first_objective():
     expected = objective(X, T, tau * np.eye(X.shape[1]), reg)
     assert f32.loss_curve_[0] == pytest.approx(expected, rel=1e-5)
     assert f32.weights_.dtype == np.float64
+    # with a bias too (its gradient in the fit dtype): the stated objective at (W0, 0)
+    fb = TripletProbe(dtype="float32", bias=True, **kw).fit(X, T)
+    assert fb.loss_curve_[0] == pytest.approx(expected, rel=1e-5)
+    assert fb.bias_ is not None and fb.bias_.dtype == np.float64
 
 
 def test_repeated_responses_weigh_as_responses():
