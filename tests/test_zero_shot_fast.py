@@ -159,3 +159,41 @@ def test_order_codes_never_reverse_the_float64_order() -> None:
     assert (np.diff(c) >= 0).all()  # monotone: never reversed
     equal = v[1:] == v[:-1]
     assert (c[1:][equal] == c[:-1][equal]).all()
+
+
+@pytest.mark.parametrize("similarity", ["dot", "cosine", "euclidean"])
+def test_an_untouched_missing_stimulus_neither_warns_nor_changes_the_codes(
+    similarity: str,
+) -> None:
+    """An all-NaN row (a missing stimulus) that no triplet touches makes NaN rows in the
+    similarity matrix: the fast path must give the loop's predictions without a float16
+    overflow warning (a NaN maximum used to scale every code by 2^15) and on the
+    matrix path, not by recomputing every triplet (issue 15's finding)."""
+    import warnings
+
+    from align.metrics import oddoneout
+    from align.metrics.oddoneout import odd_one_out
+
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((8, 3)) * 100.0
+    X[7] = np.nan
+    T = np.array([[0, 1, 2], [3, 4, 5], [0, 2, 4]] * 50, dtype=np.int64)
+    calls = []
+    original = oddoneout.triplet_similarities
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape[0])
+        return original(*args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        pred = predict_positions(X, T, similarity)
+        oddoneout.triplet_similarities = counting
+        try:
+            predict_positions(X, T, similarity)
+        finally:
+            oddoneout.triplet_similarities = original
+        res = odd_one_out(X, T, similarity, n_bootstrap=0)
+    assert calls == []  # decided on the matrix, no row-wise recomputation
+    np.testing.assert_array_equal(pred, _reference(X[:7], T, similarity))
+    assert res.accuracy == pytest.approx(float(np.mean(_reference(X[:7], T, similarity) == 2)))

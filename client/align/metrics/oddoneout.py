@@ -250,8 +250,17 @@ def predict_positions(X: np.ndarray, T: np.ndarray, similarity: str) -> np.ndarr
     if m == 0 or not _matrix_is_cheaper(u, m, Xu.shape[1]):
         return predict_from_similarities(*triplet_similarities(X, T, similarity)).astype(np.int8)
     S64 = _similarity_matrix(Xu, similarity)
-    if not np.isfinite(S64).all():
-        triplet_similarities(X, T, similarity)  # raises the overflow error
+    bad = ~np.isfinite(S64)
+    if bad.any():
+        # a missing stimulus (all-NaN row) that no triplet touches gives NaN rows: they
+        # must neither raise nor reach _order_codes (a NaN maximum would overflow every
+        # code); only a non-finite entry between rows the triplets use can be an overflow
+        used = np.zeros(u, dtype=bool)
+        for c in cols:
+            used[c] = True
+        if bad[np.ix_(used, used)].any():
+            triplet_similarities(X, T, similarity)  # raises the overflow error
+        S64 = np.where(bad, 0.0, S64)  # never gathered by a triplet whose pairs are finite
     flat64 = S64.reshape(-1)
     codes = _order_codes(flat64)
     pred = np.empty(m, dtype=np.int8)
