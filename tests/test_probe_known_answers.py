@@ -36,14 +36,8 @@ from align.metrics.splits import ObjectKFold  # noqa: E402
 from scipy.special import logsumexp  # noqa: E402
 from scipy.special import softmax as scipy_softmax  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
+from tests.test_known_answers import _local_loss_np  # noqa: E402  (gLocal's local term, written out)
+from tests.test_probe import _one_torch_thread  # noqa: E402, F401  (autouse: one torch thread)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -546,25 +540,6 @@ def test_adam_validation_loss_includes_the_bias_and_must_be_finite(normalize):
     assert probe.val_curve_[0] == pytest.approx(probe.loss(X, Tv), rel=1e-9)
     with pytest.raises(NumericalError, match="probe validation loss became"):
         TripletProbe(optimizer="adam", max_iter=2).fit(X, T, X_val=X * 1e200, val_triplets=Tv)
-
-
-def _local_loss_np(Xs: np.ndarray, E: np.ndarray, temperature: float) -> float:
-    """gLocal's local term: KL-style cross-entropy of the embedding's neighbour
-    distribution (cosine / temperature, self excluded) against the features' one."""
-
-    def logits(Z):
-        U = Z / np.linalg.norm(Z, axis=1, keepdims=True)
-        L = U @ U.T / temperature
-        np.fill_diagonal(L, -np.inf)
-        return L
-
-    Lp, Lq = logits(Xs), logits(E)
-    P = np.exp(Lp - Lp.max(1, keepdims=True))
-    P /= P.sum(1, keepdims=True)
-    logq = Lq - Lq.max(1, keepdims=True)
-    logq = logq - np.log(np.exp(logq).sum(1, keepdims=True))
-    np.fill_diagonal(logq, 0.0)
-    return float(-(P * logq).sum(1).mean())
 
 
 def test_glocal_adam_uses_one_local_chunk_per_step():
