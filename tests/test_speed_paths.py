@@ -151,7 +151,13 @@ def _rosenbrock(W, b):
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize(
     ("problem", "max_iter", "start"),
-    [("logistic", 3, 0.0), ("logistic", 60, 0.0), ("tiny", 2, 0.0), ("rosenbrock", 80, -0.5)],
+    [
+        ("logistic", 3, 0.0),
+        ("logistic", 60, 0.0),
+        ("tiny", 1, 0.0),
+        ("tiny", 2, 0.0),
+        ("rosenbrock", 80, -0.5),
+    ],
 )
 def test_lbfgs_one_iteration_per_call_is_torchs_single_call_bit_for_bit(
     bias, problem, max_iter, start
@@ -210,8 +216,9 @@ def test_lbfgs_one_iteration_per_call_is_torchs_single_call_bit_for_bit(
     assert torch.equal(W1, W2) and (b1 is None or torch.equal(b1, b2))
     if problem == "logistic" and max_iter == 60:  # the history size is part of the path
         assert n1 > core.LBFGS_HISTORY + 5
-    if problem == "tiny":  # the budget, not the iterations, ended it
-        assert len(c1) == 2 * max_iter and n1 < max_iter
+    if problem == "tiny":  # the evaluation budget (2 max_iter) was reached: it ended the
+        # fit (max_iter 1: inside the first line search, which may take one more)
+        assert len(c1) >= 2 * max_iter and n1 <= max_iter
     if problem == "logistic" and max_iter == 3:
         assert n1 == 3
 
