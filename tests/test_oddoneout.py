@@ -829,16 +829,21 @@ def test_predict_odd_one_out_with_missing_rows_equals_the_loop(similarity: str) 
 
 
 def test_missing_stimuli_warning_points_at_the_callers_line() -> None:
-    """predict_odd_one_out's MissingStimuliWarning is attributed to the calling code and
-    says how many triplets were dropped, of how many, and why."""
+    """The MissingStimuliWarning of predict_odd_one_out, odd_one_out and anchor_accuracy
+    is attributed to the calling code (not to oddoneout.py) and says how many triplets
+    were dropped, of how many, and why."""
+    from align.metrics.oddoneout import anchor_accuracy
+
     X = np.vstack([np.eye(3), np.full((1, 3), np.nan)])
     with pytest.warns(MissingStimuliWarning) as caught:
         predict_odd_one_out(X, [[0, 1, 3], [0, 1, 2]])
+        odd_one_out(X, [[0, 1, 3], [0, 1, 2]], n_bootstrap=0)
+        anchor_accuracy(X, [[0, 1, 3], [0, 1, 2]], n_bootstrap=0)
     import sys
 
     # (under mutation testing, mutmut's trampolines add stack frames in between)
     if not any(name.startswith("mutmut") for name in sys.modules):
-        assert [w.filename for w in caught] == [__file__]
+        assert [w.filename for w in caught] == [__file__] * 3
     assert str(caught[0].message) == (
         "1 of 2 triplets touch one of 1 missing stimuli (all-NaN feature rows) and were dropped"
     )

@@ -295,9 +295,11 @@ def predict_positions(X: np.ndarray, T: np.ndarray, similarity: str) -> np.ndarr
 
 
 def split_missing(
-    features: object, triplets: object, warn: bool = True
+    features: object, triplets: object, warn: bool = True, stacklevel: int = 3
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate; return (X, T, keep mask over triplets)."""
+    """Validate; return (X, T, keep mask over triplets). The dropped-triplets warning
+    points ``stacklevel`` frames up: 3 = the caller of the public function that called
+    this one directly; one more per private layer in between."""
     X, missing = check_features(features)
     T = check_triplets(triplets, X.shape[0])
     if not missing.any():
@@ -309,7 +311,7 @@ def split_missing(
             f"{n_dropped} of {T.shape[0]} triplets touch one of {int(missing.sum())} missing "
             "stimuli (all-NaN feature rows) and were dropped",
             MissingStimuliWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return X, T, keep
 
@@ -669,7 +671,8 @@ def _score(
     chance = CHANCE if convention == "odd-one-out" else ANCHOR_CHANCE
     given_ceiling = _check_ceiling(ceiling, chance)
 
-    X, T_all, keep = split_missing(features, triplets, warn=True)
+    # odd_one_out / majority entry -> _score -> split_missing: the user's line is 4 up
+    X, T_all, keep = split_missing(features, triplets, warn=True, stacklevel=4)
     n_dropped = int((~keep).sum())
     if not keep.any():
         raise InvalidInputError(
