@@ -460,7 +460,8 @@ class ReductionCache:
     features, else ``r = p``: a rotation) and ``L = rows V`` lower trapezoidal.
     ``get(rows, W0)`` returns ``(V, Q, R)``: that ``V``, and from the QR factorisation
     ``(V^T W0)^T = Q_m R_m``: ``Q = Q_m^T`` (r, p, orthonormal rows) and ``R = R_m^T``
-    (r, r), the reduced start. The factorisations depend only on the rows (and ``W0``),
+    (r, r), the reduced start; ``reduction(rows, W0)`` gives all four at once (the fits
+    use it). The factorisations depend only on the rows (and ``W0``),
     not on the penalty: a lambda grid over one fold computes them once; recomputing them
     cost ~2-3 CPU s per fit at p = 1280 (more than the L-BFGS iterations at large lambda).
     Keys are content digests of the arrays (never identities), so a hit returns exactly
@@ -496,19 +497,26 @@ class ReductionCache:
             self._bases.clear()
             self._starts.clear()
 
-    def _basis(self, rows: np.ndarray) -> tuple[bytes, tuple[np.ndarray, np.ndarray]]:
+    def basis(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.reduction(rows, None)[:2]
+
+    def get(self, rows: np.ndarray, W0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        V, _L, Q, R = self.reduction(rows, W0)
+        return V, Q, R
+
+    def reduction(
+        self, rows: np.ndarray, W0: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(V, L, Q, R)`` of :meth:`basis` and :meth:`get` with one digest of ``rows``
+        (``W0`` None: ``Q`` and ``R`` are empty)."""
         key = _digest(rows)
         basis = self._lookup(self._bases, key)
         if basis is None:
             basis = triangular_basis(rows)
             self._store(self._bases, key, basis)
-        return key, basis
-
-    def basis(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._basis(rows)[1]
-
-    def get(self, rows: np.ndarray, W0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        key, (V, _L) = self._basis(rows)
+        V, L = basis
+        if W0 is None:
+            return V, L, np.empty((0, 0)), np.empty((0, 0))
         skey = key + _digest(W0)
         start = self._lookup(self._starts, skey)
         if start is None:
@@ -516,7 +524,7 @@ class ReductionCache:
             Qm, Rm = torch.linalg.qr(A0.T)
             start = (np.ascontiguousarray(Qm.T.numpy()), np.ascontiguousarray(Rm.T.numpy()))
             self._store(self._starts, skey, start)
-        return V, start[0], start[1]
+        return V, L, start[0], start[1]
 
 
 #: The process-wide cache the L-BFGS fits use (``REDUCTIONS.size = 0`` disables it).
@@ -612,7 +620,6 @@ class _Fit:
         basis: tuple[torch.Tensor, torch.Tensor] | None = None
         stacked = Xs64 if Ls64 is None else np.vstack([Xs64, Ls64])
         W0 = W.detach().to("cpu", torch.float64).numpy()
-        lower = False
         if self.reducible():
             # Exact reduction (TripletProbe's docstring): W = V B Q with V (p, r) spanning
             # the training (and unlabeled) rows and Q (r, p) the row space of V^T W0, so
@@ -621,16 +628,22 @@ class _Fit:
             # the objective's two products per evaluation are triangular (half the flops).
             # Both factorisations depend only on the rows and W0, not on the penalty: a
             # lambda grid over one fold computes them once (REDUCTIONS, same arrays).
-            V, Qt, Rm = REDUCTIONS.get(stacked, W0)
-            L = REDUCTIONS.basis(stacked)[1]
+            V, L, Qt, Rm = REDUCTIONS.reduction(stacked, W0)
             basis = (torch.from_numpy(V), torch.from_numpy(Qt))
             Xs64 = L[: Xs64.shape[0]]  # a prefix of lower-trapezoidal rows: lower too
             if Ls64 is not None:
                 Ls64 = L[Xs64.shape[0] :]
             W0 = np.ascontiguousarray(Rm)
-            lower = True
         objective = TripletObjective(
-            self, Xs64, tloc, counts, b is not None, Ls64, targets64, chunk_rows, lower=lower
+            self,
+            Xs64,
+            tloc,
+            counts,
+            b is not None,
+            Ls64,
+            targets64,
+            chunk_rows,
+            lower=basis is not None,  # the rows are in the triangular basis
         )
         with torch.no_grad():
             W = self.tensor(np.ascontiguousarray(W0)).clone().requires_grad_(True)
