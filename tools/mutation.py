@@ -155,12 +155,23 @@ def stage(module: str, rev: str | None) -> Path:
     shutil.rmtree(where / "mutants", ignore_errors=True)
     (where / "src").mkdir(parents=True, exist_ok=True)
     library = export_library(rev, BUILD / "export" / where.name)  # runs may overlap
-    for src, dst in ((f"{library}/", "src/align/"), (f"{ROOT}/tests/", "tests/")):
-        subprocess.run(
-            ["rsync", "-a", "--delete", "--exclude", "__pycache__", src, f"{where}/{dst}"],
-            check=True,
-        )
+    mirror(library, where / "src" / "align")
+    mirror(ROOT / "tests", where / "tests")
     return where
+
+
+def refresh_tests(where: Path) -> None:
+    """Today's tests into a kept stage and its mutated copy (``--resume``, ``--recheck``)."""
+    for dst in (where / "tests", where / "mutants" / "tests"):
+        mirror(ROOT / "tests", dst)
+
+
+def mirror(src: Path, dst: Path) -> None:
+    """``dst`` becomes a copy of the folder ``src`` (rsync --delete, no caches)."""
+    subprocess.run(
+        ["rsync", "-a", "--delete", "--exclude", "__pycache__", f"{src}/", f"{dst}/"],
+        check=True,
+    )
 
 
 def write_config(where: Path, module: str, tests: list[str]) -> None:
@@ -280,17 +291,12 @@ def main() -> int:
             where = stage_dir(module)
             previous = (
                 json.loads(summary_path.read_text()).get(module, {})
-                if (summary_path.exists())
+                if summary_path.exists()
                 else {}
             )
             commit = previous.get("commit", commit)
             dirty = "\n".join(previous.get("uncommitted", []))
-            for dst in (where / "tests", where / "mutants" / "tests"):
-                subprocess.run(
-                    ["rsync", "-a", "--delete", "--exclude", "__pycache__",
-                     f"{ROOT}/tests/", f"{dst}/"],
-                    check=True,
-                )  # fmt: skip
+            refresh_tests(where)
         else:
             where = stage(module, rev)
         write_config(where, module, tests)
@@ -336,11 +342,7 @@ def recheck(module: str, summary_path: Path, mutmut: str, env: dict[str, str], j
     summary = json.loads(summary_path.read_text())
     row = summary[module]
     names = sorted(row["not_killed"])
-    for dst in (where / "tests", where / "mutants" / "tests"):
-        subprocess.run(
-            ["rsync", "-a", "--delete", "--exclude", "__pycache__", f"{ROOT}/tests/", f"{dst}/"],
-            check=True,
-        )
+    refresh_tests(where)
     print(f"== {module}: re-testing {len(names)} mutants", flush=True)
     started = time.time()
     if names:
