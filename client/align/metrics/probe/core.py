@@ -385,7 +385,7 @@ def lbfgs_minimise(
         if evals == used:
             break  # converged at the start (gradient), or no descent direction left
         hit = lookup()
-        if hit is None:  # pragma: no cover - the accepted point is always a recent trial
+        if hit is None:  # the accepted trial was more than 4 evaluations back: re-evaluate
             closure()
             hit = lookup()
             assert hit is not None
