@@ -327,7 +327,9 @@ def lbfgs_minimise(
     point, which the last line search already evaluated: that value is served from a memo
     of the last evaluations (the accepted point is ``x + t d`` computed by the same
     operations as the trial, so it is bit-identical), so the iterates and the evaluations
-    are exactly those of one ``step`` call with ``stall_tol=0``.
+    are exactly those of one ``step`` call with ``stall_tol=0`` (tested). Only when the
+    accepted trial is more than 4 evaluations back (a long line search returning an
+    early bracket point, not seen in the tests) is it evaluated once more.
     """
     W = params[0]
     b = params[1] if len(params) > 1 else None
