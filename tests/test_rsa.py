@@ -4,6 +4,7 @@ published numbers and plain loops written here."""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -91,6 +92,93 @@ def test_compute_rdm_zero_row_is_named() -> None:
     X[2] = 0.0
     with pytest.raises(InvalidInputError, match="row 2"):
         compute_rdm(X, "cosine")
+
+
+@pytest.mark.parametrize(
+    ("metric", "X_row", "what", "expected"),
+    [
+        ("cosine", 0.0, "zero norm", "non-zero rows"),
+        ("correlation", 3.0, "constant values", "rows with non-zero variation"),
+    ],
+)
+def test_compute_rdm_undefined_rows_are_named_and_counted(
+    metric: str, X_row: float, what: str, expected: str
+) -> None:
+    X = np.random.default_rng(2).normal(size=(6, 4))
+    X[2] = X_row  # a zero row (cosine) or a constant row (correlation), twice
+    X[4] = X_row
+    message = (
+        f"features: row 2 has {what}, so its {metric} distance is undefined (2 such rows) "
+        f"(expected {expected})"
+    )
+    with pytest.raises(InvalidInputError, match=f"^{re.escape(message)}$"):
+        compute_rdm(X, metric)
+
+
+def test_compute_rdm_names_the_first_missing_row() -> None:
+    # all-NaN rows pass the feature check (they mark missing stimuli); rsa() drops them,
+    # compute_rdm itself refuses them, naming the first
+    X = np.arange(18, dtype=float).reshape(6, 3)
+    X[3] = np.nan
+    X[5] = np.nan
+    with pytest.raises(NumericalError, match=r"^features: row 3 has NaN or infinite values"):
+        compute_rdm(X, "euclidean")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "correlation", "euclidean"])
+def test_compute_rdm_matches_scipy_at_small_and_large_scales(metric: str) -> None:
+    # pixels92 (above) has every euclidean distance > 1; here they span 1e-3 .. 1e3
+    rng = np.random.default_rng(5)
+    for scale in (1e-3, 1.0, 1e3):
+        X = rng.normal(size=(12, 5)) * scale
+        atol = 1e-12 * (scale if metric == "euclidean" else 1.0)
+        np.testing.assert_allclose(
+            compute_rdm(X, metric), squareform(pdist(X, metric)), rtol=1e-9, atol=atol
+        )
+
+
+def test_compute_rdm_clips_rounding_to_the_metric_range() -> None:
+    """Duplicated and negated rows: exact distances 0 and 2 (cosine, correlation) and 0
+    (euclidean). Rounding takes the raw formulas past them for some of the 60 rows
+    (checked below, written out), so an unclipped result would hold negative distances,
+    cosine distances above 2, or NaN from the square root of a negative."""
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=(60, 7)) * 10.0 ** rng.uniform(-3, 3, size=(60, 1))
+    X = np.concatenate([base, base, -base])
+    n = len(base)
+    dup = (np.arange(n), np.arange(n) + n)
+    neg = (np.arange(n), np.arange(n) + 2 * n)
+    Zn = X / np.linalg.norm(X, axis=1)[:, None]
+    raw = 1.0 - Zn @ Zn.T
+    Zc = X - X.mean(axis=0, keepdims=True)
+    sq = np.einsum("ij,ij->i", Zc, Zc)
+    raw_sq = sq[:, None] + sq[None, :] - 2.0 * (Zc @ Zc.T)
+    assert (raw[dup] < 0).any() and (raw[neg] > 2).any() and (raw_sq[dup] < 0).any()
+    for metric in ("cosine", "correlation"):
+        D = compute_rdm(X, metric)
+        assert D.min() >= 0.0 and D.max() <= 2.0, metric
+        np.testing.assert_allclose(D[dup], 0.0, atol=1e-12)
+        np.testing.assert_allclose(D[neg], 2.0, atol=1e-12)
+    E = compute_rdm(X, "euclidean")
+    assert np.isfinite(E).all() and E.min() >= 0.0
+    assert (E[dup] <= 1e-7 * np.linalg.norm(Zc[:n], axis=1)).all()
+
+
+def _strict_inversions_loop(v: np.ndarray, w: np.ndarray) -> float:
+    return float(
+        sum(w[i] * w[j] for i in range(len(v)) for j in range(i + 1, len(v)) if v[i] > v[j])
+    )
+
+
+def test_weighted_strict_inversions_equals_the_pair_loop_at_every_length() -> None:
+    from align.metrics.rsa import _weighted_strict_inversions
+
+    assert _weighted_strict_inversions(np.array([1, 0]), np.array([2.0, 3.0]), 2) == 6.0
+    rng = np.random.default_rng(8)
+    for n in range(0, 40):
+        v = rng.integers(0, 5, n)
+        w = rng.integers(0, 4, n).astype(float)
+        assert _weighted_strict_inversions(v, w, 5) == _strict_inversions_loop(v, w), n
 
 
 # -- comparisons -------------------------------------------------------------------------
