@@ -404,11 +404,19 @@ def lbfgs_minimise(
             break
         if abs(f - float(state["prev_loss"])) < tol:
             break
-        if stall_tol > 0 and len(values) > window:
-            drop = values[-1 - window] - values[-1]
-            if drop <= stall_tol * window * max(1.0, abs(values[-1])):
-                break
+        if stall_tol > 0 and stalled(values, window, stall_tol):
+            break
     return int(state.get("n_iter", 0))
+
+
+def stalled(values: list[float], window: int, stall_tol: float) -> bool:
+    """The stall rule on the objective values at the accepted iterates (oldest first):
+    the last ``window`` iterations lowered it by at most ``stall_tol * window *
+    max(1, |f|)``, ``f`` the latest value; False while there are ``window`` or fewer."""
+    if len(values) <= window:
+        return False
+    drop = values[-1 - window] - values[-1]
+    return drop <= stall_tol * window * max(1.0, abs(values[-1]))
 
 
 # ----------------------------------------------------------------------------- reduction
@@ -457,15 +465,15 @@ def triangular_basis(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class ReductionCache:
     """The exact r x r reduction's factorisations, kept for the next fits on the same rows.
 
-    ``basis(rows)`` returns :func:`triangular_basis` ``(V, L)``: ``V`` (p, r) an
-    orthonormal basis of the rows' span (r = numerical rank when there are fewer rows than
-    features, else ``r = p``: a rotation) and ``L = rows V`` lower trapezoidal.
-    ``get(rows, W0)`` returns ``(V, Q, R)``: that ``V``, and from the QR factorisation
-    ``(V^T W0)^T = Q_m R_m``: ``Q = Q_m^T`` (r, p, orthonormal rows) and ``R = R_m^T``
-    (r, r), the reduced start; ``reduction(rows, W0)`` gives all four at once (the fits
-    use it). The factorisations depend only on the rows (and ``W0``),
-    not on the penalty: a lambda grid over one fold computes them once; recomputing them
-    cost ~2-3 CPU s per fit at p = 1280 (more than the L-BFGS iterations at large lambda).
+    ``reduction(rows, W0)`` returns ``(V, L, Q, R)``: :func:`triangular_basis` ``(V, L)``,
+    ``V`` (p, r) an orthonormal basis of the rows' span (r = numerical rank when there are
+    fewer rows than features, else ``r = p``: a rotation) and ``L = rows V`` lower
+    trapezoidal; and from the QR factorisation ``(V^T W0)^T = Q_m R_m``: ``Q = Q_m^T``
+    (r, p, orthonormal rows) and ``R = R_m^T`` (r, r), the reduced start (``W0`` None:
+    ``Q`` and ``R`` empty). ``get(rows, W0)`` returns ``(V, Q, R)``. The factorisations
+    depend only on the rows (and ``W0``), not on the penalty: a lambda grid over one fold
+    computes them once; recomputing them cost ~2-3 CPU s per fit at p = 1280 (more than
+    the L-BFGS iterations at large lambda).
     Keys are content digests of the arrays (never identities), so a hit returns exactly
     what a recomputation would; at most ``size`` entries of each kind are kept (least
     recently used dropped; ``size = 0`` turns caching off). Thread-safe. The arrays
@@ -498,9 +506,6 @@ class ReductionCache:
         with self._lock:
             self._bases.clear()
             self._starts.clear()
-
-    def basis(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.reduction(rows, None)[:2]
 
     def get(self, rows: np.ndarray, W0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         V, _L, Q, R = self.reduction(rows, W0)

@@ -1,0 +1,272 @@
+"""Known answers for the probe's fitting machinery (metrics/probe/core.py) that the
+objective tests do not reach: the stall rule, the L-BFGS fit's bias and unreduced
+paths, the gLocal fit in the reduced basis, Adam's validation hold-out boundary, the
+per-fit thread count, the fold scheduler's order and threads, and the reduction
+cache's keys and eviction. Each expected value is computed here (a written-out
+objective and torch autograd of it, hand-made sequences, set arithmetic); the tests
+are tiny and part of the probe's mutation-testing selection (tools/mutation.py).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from align.metrics.glocal import GLocalProbe  # noqa: E402
+from align.metrics.probe import TripletProbe, core  # noqa: E402
+
+from tests.test_known_answers import _local_loss_np  # noqa: E402  (gLocal's local term)
+from tests.test_probe_known_answers import objective, penalty, tiny  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _two_torch_threads():
+    # a known thread count, restored afterwards (the n_threads test needs more than 1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------- stall rule
+
+
+@pytest.mark.parametrize(
+    ("values", "window", "stall_tol", "expected"),
+    [
+        ([1.0, 0.75, 0.5], 2, 0.25, True),  # drop 0.5 == 0.25 * 2 * max(1, 0.5): at the limit
+        ([1.0, 0.75, 0.4999], 2, 0.25, False),  # drop just above it
+        ([1.0, 0.5], 2, 0.25, False),  # only `window` values: no window yet
+        ([1.0, 0.0, 0.5], 2, 0.25, True),  # the drop is first minus LAST (not the one before)
+        ([1.0, 0.9, 0.8], 2, 0.125, True),  # 0.2 <= 0.125 * 2: the window multiplies
+        ([1.0, 0.9, 0.75], 2, 0.0625, False),  # |f| < 1: the limit uses 1 (0.125 < 0.25)
+        ([3.0, 2.9, 2.5], 2, 0.125, True),  # |f| = 2.5 scales the limit: 0.5 <= 0.625
+        ([3.2, 4.0, 2.5], 2, 0.125, False),  # |f| of the LAST value: 0.7 > 0.625
+        ([-2.0, -2.1, -2.5], 2, 0.125, True),  # |f| of a negative value: 0.5 <= 0.625
+        ([0.5, 5.0, 4.0, 3.9], 2, 0.1, False),  # only the last window: 5 - 3.9 > 0.78
+    ],
+)
+def test_stall_rule_is_the_window_drop_against_tol_times_window_times_max_1_f(
+    values, window, stall_tol, expected
+):
+    limit = stall_tol * window * max(1.0, abs(values[-1]))
+    written_out = len(values) > window and values[-1 - window] - values[-1] <= limit
+    assert written_out == expected  # the table above agrees with the rule's text
+    assert core.stalled(values, window, stall_tol) is expected
+
+
+# ----------------------------------------------------------------------------- L-BFGS fits
+
+
+def _stated_objective_t(X, T, W, b, reg, reg_kind):
+    """The stated objective in torch (autograd), written like test_probe_known_answers'
+    numpy `objective`: X' = (X - mean) / std, E = X' W + b, mean CE over responses."""
+    Xs = torch.as_tensor((X - X.mean()) / X.std())
+    E = Xs @ W if b is None else Xs @ W + b
+    t = torch.as_tensor(T)
+    a, bb, c = E[t[:, 0]], E[t[:, 1]], E[t[:, 2]]
+    S = torch.stack([(a * bb).sum(1), (a * c).sum(1), (bb * c).sum(1)], 1)
+    if reg_kind == "frobenius":
+        pen = torch.linalg.norm(W)
+    elif reg_kind == "squared":
+        pen = (W * W).sum()
+    else:
+        D = W - torch.diagonal(W).mean() * torch.eye(W.shape[0], dtype=W.dtype)
+        pen = (D * D).sum()
+    return (torch.logsumexp(S, 1) - S[:, 0]).mean() + reg * pen
+
+
+@pytest.mark.parametrize(
+    ("bias", "reduce", "reg_kind"),
+    [(True, True, "identity"), (False, False, "squared"), (False, False, "frobenius")],
+)
+def test_unreduced_lbfgs_fit_is_a_stationary_point_of_the_stated_objective(bias, reduce, reg_kind):
+    # a bias, reduce=False or the identity penalty: the fit runs on the full p x p W (no
+    # triangular basis); the returned (W, b) has zero gradient of the stated objective
+    X, T = tiny(n=12, p=5, m=80, seed=21)
+    reg = 0.02
+    probe = TripletProbe(
+        reg=reg,
+        reg_kind=reg_kind,
+        bias=bias,
+        reduce=reduce,
+        init="identity",
+        tol=1e-13,
+        max_iter=500,
+        dtype="float64",
+    ).fit(X, T)
+    W = torch.tensor(probe.weights_, requires_grad=True)
+    b = None if not bias else torch.tensor(probe.bias_, requires_grad=True)
+    f = _stated_objective_t(X, T, W, b, reg, reg_kind)
+    f.backward()
+    assert np.abs(W.grad.numpy()).max() < 1e-5
+    if bias:
+        assert np.abs(b.grad.numpy()).max() < 1e-5
+        assert np.abs(probe.bias_).max() > 1e-3  # a bias was learned, not left at 0
+    assert probe.loss_curve_[-1] == pytest.approx(
+        objective(X, T, probe.weights_, reg, reg_kind, b=probe.bias_), rel=1e-9
+    )
+
+
+def test_unreduced_fit_with_many_features_multiplies_its_rows_densely():
+    # the identity penalty is never reduced: the rows stay as given (not triangular), so
+    # even at p = 96 (where triangular products would apply) the first objective is the
+    # stated one at W0 = tau I
+    X, T = tiny(n=110, p=96, m=700, seed=28)
+    assert len(np.unique(T)) >= 96
+    probe = TripletProbe(reg=0.1, reg_kind="identity", init="identity", tau=0.5, max_iter=1)
+    probe.fit(X, T)
+    expected = objective(X, T, 0.5 * np.eye(96), 0.1, "identity")
+    assert probe.loss_curve_[0] == pytest.approx(expected, rel=1e-9)
+
+
+def _glocal_objective(X, T, L, W, alpha, reg, temp):
+    ce = objective(X, T, W)
+    Ls = (L - X.mean()) / X.std()  # the probe's standardisation (of the triplet rows)
+    return (
+        (1 - alpha) * ce + alpha * _local_loss_np(Ls, Ls @ W, temp) + reg * penalty(W, "frobenius")
+    )
+
+
+def test_glocal_lbfgs_in_the_reduced_basis_reaches_the_unreduced_optimum():
+    # the exact reduction moves the unlabeled rows into the same basis as the triplet
+    # rows; both fits minimise the stated gLocal objective (written out here) to the same
+    # value, and the reduced fit's last loss is that objective at its returned W
+    X, T = tiny(n=10, p=6, m=70, seed=22)
+    L = np.random.default_rng(23).normal(size=(14, 6)) * 1.2
+    kw = dict(alpha=0.5, temperature=0.7, local_batch_size=64, reg=0.05, tol=1e-13)
+    values = {}
+    for reduce in (True, False):
+        probe = GLocalProbe(reduce=reduce, init="identity", max_iter=400, **kw)
+        probe.fit(X, T, X_local=L)
+        values[reduce] = _glocal_objective(X, T, L, probe.weights_, 0.5, 0.05, 0.7)
+        if reduce:
+            assert probe.loss_curve_[-1] == pytest.approx(values[True], rel=1e-9)
+    W0 = np.eye(6) * 1.0
+    assert values[True] < _glocal_objective(X, T, L, W0, 0.5, 0.05, 0.7)
+    assert values[True] == pytest.approx(values[False], rel=1e-7)
+
+
+# ----------------------------------------------------------------------------- Adam
+
+
+def _adam_split(m: int, val_fraction: float):
+    X, T = tiny(n=12, p=3, m=m, seed=24)
+    T = T[:m]
+    W0 = np.random.default_rng(1).normal(size=(3, 3)) * 0.5
+    probe = TripletProbe(
+        reg=0.0, optimizer="adam", lr=1e-12, batch_size=64, max_iter=1, val_fraction=val_fraction
+    ).fit(X, T, init_weights=W0)
+    return X, T, W0, probe
+
+
+def test_adam_holds_back_round_fraction_m_at_least_one_from_ten_responses_on():
+    # lr ~ 0: the first epoch's loss is the CE on the kept part, the validation value the
+    # CE on the held-back part; they recombine into the CE over all m responses
+    X, T, W0, probe = _adam_split(10, 0.01)  # round(0.1) = 0 -> at least 1 held back
+    assert len(probe.val_curve_) == 1
+    ce_all = objective(X, T, W0)
+    assert (9 * probe.loss_curve_[0] + 1 * probe.val_curve_[0]) / 10 == pytest.approx(
+        ce_all, rel=1e-7
+    )
+    X, T, W0, probe = _adam_split(9, 0.5)  # fewer than 10 responses: nothing held back
+    assert probe.val_curve_ == []
+    assert probe.loss_curve_[0] == pytest.approx(objective(X, T, W0), rel=1e-7)
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def test_a_fit_runs_with_its_n_threads_and_restores_torchs(monkeypatch):
+    seen = []
+    original = core.lbfgs_minimise
+
+    def spy(*args, **kw):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kw)
+
+    monkeypatch.setattr(core, "lbfgs_minimise", spy)
+    X, T = tiny(seed=25)
+    TripletProbe(reg=0.1, n_threads=1, max_iter=3).fit(X, T)
+    TripletProbe(reg=0.1, max_iter=3).fit(X, T)  # None: torch's setting
+    assert seen == [1, 2]
+    assert torch.get_num_threads() == 2
+
+
+def test_map_chains_gives_a_free_thread_the_chain_with_most_steps_left():
+    # 3 chains of 2 steps on 2 threads. Gates make the order deterministic: (0, 0) ends
+    # only after (1, 0) started, and (1, 0) only after (2, 0) started. When (0, 0) ends,
+    # chains 0 (1 step left) and 2 (2 steps left) are free: the rule takes chain 2, so
+    # (2, 0) starts before (0, 1); lowest-index-first would deadlock-free take (0, 1).
+    started: list[tuple[int, int]] = []
+    names: set[str] = set()
+    events = {key: threading.Event() for key in ((1, 0), (2, 0))}
+    lock = threading.Lock()
+
+    def step(i: int, pos: int) -> None:
+        with lock:
+            started.append((i, pos))
+            names.add(threading.current_thread().name)
+        if (i, pos) in events:
+            events[i, pos].set()
+        wait_for = {(0, 0): (1, 0), (1, 0): (2, 0)}.get((i, pos))
+        if wait_for is not None:
+            events[wait_for].wait(timeout=20)
+
+    core.map_chains(step, 3, 2, 2)
+    assert sorted(started) == [(i, p) for i in range(3) for p in range(2)]
+    assert started.index((2, 0)) < started.index((0, 1))
+    assert names == {"align-fold-0", "align-fold-1"}
+
+
+def test_map_chains_runs_two_chains_in_two_named_threads():
+    names: set[str] = set()
+    lock = threading.Lock()
+
+    def step(i: int, pos: int) -> None:
+        with lock:
+            names.add(threading.current_thread().name)
+
+    core.map_chains(step, 2, 3, 2)
+    assert names <= {"align-fold-0", "align-fold-1"} and names
+    assert threading.current_thread().name not in names
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_reduction_cache_keys_on_shape_and_dtype_not_only_bytes():
+    rng = np.random.default_rng(26)
+    rows = rng.normal(size=(4, 6))
+    cache = core.ReductionCache(size=4)
+    cache.reduction(rows, None)
+    V2, L2, _, _ = cache.reduction(rows.reshape(6, 4), None)  # the same bytes
+    assert V2.shape == (4, 4) and L2.shape == (6, 4)
+    np.testing.assert_allclose(L2 @ V2.T, rows.reshape(6, 4), atol=1e-12)
+    assert len(cache._bases) == 2
+
+
+def test_reduction_without_a_start_has_empty_q_and_r():
+    V, L, Q, R = core.ReductionCache(size=0).reduction(np.eye(3), None)
+    assert Q.shape == (0, 0) and R.shape == (0, 0)
+    assert V.shape == (3, 3) and L.shape == (3, 3)
+
+
+def test_reduction_cache_of_size_one_keeps_the_newest_and_drops_the_oldest():
+    rng = np.random.default_rng(27)
+    a, b = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+    one = core.ReductionCache(size=1)
+    Va = one.reduction(a, None)[0]
+    assert one.reduction(a, None)[0] is Va  # kept
+    Vb = one.reduction(b, None)[0]
+    assert one.reduction(b, None)[0] is Vb  # the newest stays
+    assert one.reduction(a, None)[0] is not Va  # the oldest went
+    two = core.ReductionCache(size=2)
+    V = {k: two.reduction(x, None)[0] for k, x in (("a", a), ("b", b))}
+    c = rng.normal(size=(3, 5))
+    Vc = two.reduction(c, None)[0]  # evicts a (least recently used), keeps b and c
+    assert two.reduction(c, None)[0] is Vc and two.reduction(b, None)[0] is V["b"]
+    assert two.reduction(a, None)[0] is not V["a"]
