@@ -6,14 +6,23 @@ mutmut 3 wants the code under ``./``, ``src/`` or ``source/``; ours lives in
 ``pyproject.toml``) and mutmut runs there, one module at a time, each with only the
 test files that cover it (mutmut then runs, per mutant, only the tests of that
 selection that executed the mutated function, fastest first, stopping at the first
-failure). Every run re-stages from the current tree, so it mutates current code; the
-previous run's results of that module are discarded.
+failure).
+
+Runs are incremental: a module's stage and its results are kept between runs. Each run
+re-stages the library (of ``--rev``) and the tests, and marks the module's sources newer
+than their mutated copies, so mutmut regenerates the mutants and keeps the result of every
+mutant whose function's source is unchanged (mutmut's per-function hashes): only the
+mutants of new or changed functions, and any not yet checked, are run. After a change to a
+few functions a run costs minutes, not the hours of a first run. Survivors keep their
+status when only the tests changed: ``--recheck`` re-tests them. ``--fresh`` discards a
+module's results and starts over.
 
 Usage::
 
     python tools/mutation.py                        # every module below
     python tools/mutation.py metrics/oddoneout.py   # some of them
     python tools/mutation.py --max-children 2 ...   # parallel mutants (default 1)
+    python tools/mutation.py --fresh MODULE         # forget MODULE's results, run all
     python tools/mutation.py --recheck MODULE       # after adding tests: re-test only the
                                                     # mutants not killed, same staged code
 
@@ -38,6 +47,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "mutation"
+
+# the L-BFGS driver, the triangular basis and products, the finite check of issue 14:
+# their own known answers in test_speed_paths.py (the rest of that file times paths)
+CORE_TESTS: list[str] = [
+    *(
+        f"test_speed_paths.py::{name}"
+        for name in (
+            "test_lbfgs_one_iteration_per_call_is_torchs_single_call_bit_for_bit",
+            "test_lbfgs_stall_rule_stops_when_the_window_gain_is_below_its_tolerance",
+            "test_lbfgs_gradient_rule_stops_at_tol_times_1e_3_and_not_before",
+            "test_triangular_basis_spans_the_rows_and_makes_them_lower_trapezoidal",
+            "test_lower_products_equal_the_dense_products",
+            "test_all_finite_is_isfinite_all",
+            "test_reduction_cache_keys_on_content_not_identity",
+        )
+    ),
+    "test_probe_core.py",
+    "test_probe_known_answers.py",
+    "test_probe_objective.py",
+]
 
 # module (relative to client/align) -> test files that state its behaviour. Per mutant,
 # mutmut runs only the tests of this selection that executed the mutated function, so a
@@ -64,36 +93,21 @@ TESTS: dict[str, list[str]] = {
     "metrics/transfer.py": ["test_transfer.py"],
     "metrics/validation.py": ["test_validation.py"],
     "metrics/glocal.py": ["test_glocal.py", "test_known_answers.py"],
+    "metrics/probe/core.py": CORE_TESTS,
     # probe: the fast known answers first (written-out objective, gradient, penalties,
-    # CV loop, scheduling and cache on tiny inputs); test_probe.py's fits on real THINGS
-    # data or 5000 planted triplets (1-5 s each, ~25 s together, paid by every surviving
-    # mutant) are left out below: each behaviour they state has a tiny counterpart in
-    # test_probe_known_answers.py, and they still run in `make test`.
+    # CV loop, scheduling and cache on tiny inputs, and core.py's own, above); the fits of
+    # test_probe.py on real THINGS data or 5000 planted triplets (1-5 s each, ~25 s
+    # together, paid by every surviving mutant) are left out below: each behaviour they
+    # state has a tiny counterpart in test_probe_known_answers.py, and they still run in
+    # `make test`.
     "metrics/probe": [
+        "test_probe_core.py",
         "test_probe_known_answers.py",
         "test_probe_objective.py",
         "test_known_answers.py",
         "test_probe.py",
         "test_glocal.py",
-        "test_speed_paths.py::test_reduction_cache_keys_on_content_not_identity",
-    ],
-    # the L-BFGS driver, the triangular basis and products, the finite check of issue 14
-    # (added to core.py after the probe run above): their own known answers first
-    "metrics/probe/core.py": [
-        *(
-            f"test_speed_paths.py::{name}"
-            for name in (
-                "test_lbfgs_one_iteration_per_call_is_torchs_single_call_bit_for_bit",
-                "test_lbfgs_stall_rule_stops_when_the_window_gain_is_below_its_tolerance",
-                "test_lbfgs_gradient_rule_stops_at_tol_times_1e_3_and_not_before",
-                "test_triangular_basis_spans_the_rows_and_makes_them_lower_trapezoidal",
-                "test_lower_products_equal_the_dense_products",
-                "test_all_finite_is_isfinite_all",
-                "test_reduction_cache_keys_on_content_not_identity",
-            )
-        ),
-        "test_probe_known_answers.py",
-        "test_probe_objective.py",
+        *(t for t in CORE_TESTS if t.startswith("test_speed_paths.py::")),
     ],
     "datasets/things.py": ["test_datasets.py", "test_datasets_files.py"],
 }
@@ -146,17 +160,24 @@ def export_library(rev: str | None, dest: Path) -> Path:
     return dest / "client" / "align"
 
 
-def stage(module: str, rev: str | None) -> Path:
-    """A fresh ``src/`` layout copy for ``module``'s run: the library of commit ``rev``
-    (the work tree when None), the tests of the work tree."""
+def stage(module: str, rev: str | None, fresh: bool = False) -> Path:
+    """The ``src/`` layout copy for ``module``'s run: the library of commit ``rev`` (the
+    work tree when None), the tests of the work tree. The mutated copy and its results are
+    kept unless ``fresh``: the module's sources are marked newer than their mutants, so
+    mutmut regenerates them and re-runs only the mutants of functions whose source changed
+    (it skips a source whose mutated copy is newer, and git archive's files carry the
+    commit's time)."""
     where = stage_dir(module)
-    # mutmut does not regenerate a mutated copy whose source moved on under it (it keeps
-    # files that already exist in mutants/), so every run starts from a fresh copy.
-    shutil.rmtree(where / "mutants", ignore_errors=True)
+    if fresh:
+        shutil.rmtree(where / "mutants", ignore_errors=True)
     (where / "src").mkdir(parents=True, exist_ok=True)
     library = export_library(rev, BUILD / "export" / where.name)  # runs may overlap
     mirror(library, where / "src" / "align")
     mirror(ROOT / "tests", where / "tests")
+    now = time.time()
+    target = where / "src" / "align" / module
+    for path in [target] if target.is_file() else sorted(target.rglob("*.py")):
+        os.utime(path, (now, now))
     return where
 
 
@@ -232,6 +253,11 @@ def main() -> int:
         "in and re-test only the mutants that were not killed (after adding tests)",
     )
     ap.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard each module's kept mutants and results and run every mutant",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="keep each module's staged library and the results of the mutants already "
@@ -298,7 +324,7 @@ def main() -> int:
             dirty = "\n".join(previous.get("uncommitted", []))
             refresh_tests(where)
         else:
-            where = stage(module, rev)
+            where = stage(module, rev, fresh=args.fresh)
         write_config(where, module, tests)
         print(f"== {module}: tests {', '.join(tests)}", flush=True)
         started = time.time()
