@@ -483,6 +483,25 @@ def test_all_nan_rows_are_dropped_with_warning(pixels92: np.ndarray, mur92: np.n
     assert result.noise_ceiling == reference.noise_ceiling
 
 
+def test_missing_stimuli_warning_points_at_the_callers_line() -> None:
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(8, 4))
+    X[[2, 5]] = np.nan
+    H = np.abs(rng.normal(size=(8, 8)))
+    H = H + H.T
+    np.fill_diagonal(H, 0.0)
+    with pytest.warns(UserWarning) as caught:
+        rsa(X, H, "dissimilarity", n_bootstrap=0)
+    assert [str(w.message) for w in caught] == [
+        "rsa: dropped 2 missing stimuli (all-NaN feature rows) from both RDMs"
+    ]
+    import sys
+
+    # (under mutation testing, mutmut's trampolines add stack frames in between)
+    if not any(name.startswith("mutmut") for name in sys.modules):
+        assert caught[0].filename == __file__
+
+
 def test_partial_nan_row_raises(pixels92: np.ndarray, mur92: np.ndarray) -> None:
     X = pixels92.copy()
     X[5, 2] = np.nan
