@@ -270,3 +270,23 @@ def test_reduction_cache_of_size_one_keeps_the_newest_and_drops_the_oldest():
     Vc = two.reduction(c, None)[0]  # evicts a (least recently used), keeps b and c
     assert two.reduction(c, None)[0] is Vc and two.reduction(b, None)[0] is V["b"]
     assert two.reduction(a, None)[0] is not V["a"]
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def test_param_names_of_a_subclass_that_fixes_its_parents_options_are_its_own():
+    # scikit-learn's rule: the parameters are the __init__ signature's; a subclass
+    # without **kwargs that passes fixed values up does not expose its parent's
+    class Fixed(TripletProbe):
+        def __init__(self, reg: float = 1.0, seed: int = 0) -> None:
+            super().__init__(reg=reg, seed=seed, optimizer="adam")
+
+    class Open(TripletProbe):
+        def __init__(self, reg: float = 1.0, **rest) -> None:
+            super().__init__(reg=reg, **rest)
+
+    assert Fixed.param_names() == ("reg", "seed")
+    assert Fixed().get_params() == {"reg": 1.0, "seed": 0}
+    parent = TripletProbe.param_names()
+    assert Open.param_names() == ("reg", *(n for n in parent if n != "reg"))
