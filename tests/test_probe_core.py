@@ -19,17 +19,8 @@ from align.metrics.glocal import GLocalProbe  # noqa: E402
 from align.metrics.probe import TripletProbe, core  # noqa: E402
 
 from tests.test_known_answers import _local_loss_np  # noqa: E402  (gLocal's local term)
+from tests.test_probe import _one_torch_thread  # noqa: E402, F401  (autouse: one torch thread)
 from tests.test_probe_known_answers import objective, penalty, tiny  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _two_torch_threads():
-    # a known thread count, restored afterwards (the n_threads test needs more than 1)
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
 
 # ----------------------------------------------------------------------------- stall rule
 
@@ -181,6 +172,8 @@ def test_adam_holds_back_round_fraction_m_at_least_one_from_ten_responses_on():
 
 
 def test_a_fit_runs_with_its_n_threads_and_restores_torchs(monkeypatch):
+    # torch is at 1 thread (the autouse fixture; more threads would hang in mutmut's
+    # forked workers), so the fit's n_threads=2 must be seen inside the fit, and 1 after
     seen = []
     original = core.lbfgs_minimise
 
@@ -189,11 +182,10 @@ def test_a_fit_runs_with_its_n_threads_and_restores_torchs(monkeypatch):
         return original(*args, **kw)
 
     monkeypatch.setattr(core, "lbfgs_minimise", spy)
-    X, T = tiny(seed=25)
-    TripletProbe(reg=0.1, n_threads=1, max_iter=3).fit(X, T)
-    TripletProbe(reg=0.1, max_iter=3).fit(X, T)  # None: torch's setting
-    assert seen == [1, 2]
-    assert torch.get_num_threads() == 2
+    X, T = tiny(n=6, p=2, m=8, seed=25)
+    TripletProbe(reg=0.1, n_threads=2, max_iter=1).fit(X, T)
+    assert seen == [2]
+    assert torch.get_num_threads() == 1
 
 
 def test_map_chains_gives_a_free_thread_the_chain_with_most_steps_left():
