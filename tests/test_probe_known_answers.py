@@ -824,6 +824,76 @@ def test_fit_options_boundaries_name_the_parameter():
     assert (default.normalize, default.bias, default.seed) == (False, False, 0)
 
 
+def test_fit_options_refuse_fractional_counts_and_a_negative_val_fraction():
+    for name, value, expected in (
+        ("patience", 2.5, "an integer >= 1"),
+        ("n_threads", 1.5, "an integer >= 1"),
+        ("val_fraction", -1e-9, "a finite number in [0, 1)"),
+    ):
+        with pytest.raises(InvalidInputError, match=name) as err:
+            TripletProbe(**{name: value}).fit_options()
+        assert (err.value.field, err.value.problem) == (name, f"is {value!r}")
+        assert err.value.expected == expected
+    o = TripletProbe(patience=1, n_threads=1, val_fraction=0.0).fit_options()
+    assert (o.patience, o.n_threads, o.val_fraction) == (1, 1, 0.0)
+
+
+def _refusal(call) -> InvalidInputError:
+    with pytest.raises(InvalidInputError) as err:
+        call()
+    return err.value
+
+
+def test_fit_refusals_name_the_input_and_the_triplet_row():
+    X, T = tiny(n=8, p=3, m=30, seed=41)
+    X = X.copy()
+    X[5] = np.nan  # a missing stimulus
+    T = T[~(T == 5).any(axis=1)]
+    Xv = np.random.default_rng(2).normal(size=(4, 3))
+    Xv[2] = np.nan  # a missing validation stimulus
+    Tv = np.array([[0, 1, 3], [3, 1, 0]])  # avoids it
+    probe = TripletProbe(max_iter=1)
+    err = _refusal(lambda: probe.fit(X[:, 0], T))
+    assert (err.field, err.problem) == ("X", "has shape (8,)")
+    bad = np.concatenate([T[:3], [[0, 5, 1]], T[3:]])
+    err = _refusal(lambda: probe.fit(X, bad))
+    assert err.field == "triplets[3]" and err.problem.startswith("touches a missing stimulus")
+    err = _refusal(lambda: probe.fit(X, T, X_val=Xv[:, 0], val_triplets=Tv))
+    assert (err.field, err.problem) == ("X_val", "has shape (4,)")
+    err = _refusal(lambda: probe.fit(X, T, X_val=Xv, val_triplets=[[0, 1, 3], [0, 4, 1]]))
+    assert err.field == "val_triplets[1]" and err.problem.endswith("out of range")
+    err = _refusal(lambda: probe.fit(X, T, X_val=Xv, val_triplets=[[0, 1, 3], [3, 2, 0]]))
+    assert err.field == "val_triplets[1]" and err.problem.startswith("touches a missing")
+    err = _refusal(lambda: probe.fit(X, T, val_triplets=[[0, 1, 2], [4, 5, 6]]))  # X's row 5
+    assert err.field == "val_triplets[1]" and err.problem.startswith("touches a missing")
+    # the boundary: validation rows with a missing stimulus that no triplet touches
+    probe.fit(X, T, X_val=Xv, val_triplets=Tv)
+    assert probe.n_iter_ == 1
+
+
+def test_similarities_name_a_bad_normalize_flag():
+    X, T = tiny(n=8, p=3, m=30, seed=42)
+    probe = TripletProbe(max_iter=1).fit(X, T)
+    probe.normalize = 1  # set after the fit: not a flag
+    for call in (probe.similarities, probe.predict, probe.score, probe.loss):
+        err = _refusal(lambda call=call: call(X, T))
+        assert (err.field, err.problem) == ("normalize", "is 1")
+
+
+def test_weights_held_as_float32_transform_in_float64():
+    # weights_ set by hand as float32 (e.g. from a float32 array of another tool): the
+    # transform is ((X - mean) / std) @ W + b in float64, the numpy formula
+    X = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [2.5, 0.5, -0.5], [1.0, 1.0, 1.0]])
+    W = np.array([[0.5, -1.0, 0.25], [1.5, 0.1, -0.3], [0.2, 0.7, 1.1]], dtype=np.float32)
+    probe = TripletProbe()
+    probe.mean_, probe.std_ = 0.7, 1.3
+    probe.weights_, probe.bias_ = W, np.array([0.1, -0.2, 0.3])
+    expected = ((X - 0.7) / 1.3) @ W.astype(np.float64) + probe.bias_
+    np.testing.assert_allclose(probe.transform(X), expected, rtol=1e-14, atol=1e-15)
+    T = np.array([[0, 1, 2], [3, 2, 1]])
+    np.testing.assert_allclose(probe.similarities(X, T), sims(expected, T), rtol=1e-13)
+
+
 # ----------------------------------------------------------------------------- cross-validation
 
 
