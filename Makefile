@@ -70,9 +70,10 @@ stack-test: setup
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# Mutation testing of the science core with mutmut (not part of CI; about an hour on 2
-# cores for all modules). MUTATION_MODULES: paths under client/align (default: all of
-# metrics/ and datasets/things.py). Report: build/mutation/summary.json; docs/mutation-report.md.
+# Mutation testing of the science core with mutmut (not part of CI). Incremental: results
+# are kept per module under build/mutation/ and only mutants of changed functions re-run
+# (the first run of everything takes hours). MUTATION_MODULES: paths under client/align
+# (default: all of metrics/ and datasets/things.py). Report: docs/mutation-report.md.
 mutation: setup
 	$(BIN)/python tools/mutation.py $(MUTATION_MODULES)
 
