@@ -164,6 +164,59 @@ def test_compute_rdm_clips_rounding_to_the_metric_range() -> None:
     assert (E[dup] <= 1e-7 * np.linalg.norm(Zc[:n], axis=1)).all()
 
 
+def test_compute_rdm_names_its_input_features() -> None:
+    with pytest.raises(InvalidInputError) as err:
+        compute_rdm(np.ones(5))
+    assert err.value.field == "features"
+
+
+@pytest.mark.parametrize(("alias", "kind"), [("RDM", "dissimilarity"), ("rsm", "similarity")])
+def test_matrix_kind_aliases_rdm_and_rsm_any_case(alias: str, kind: str) -> None:
+    M = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [2.0, 3.0, 0.0]])
+    got, converted = to_dissimilarity(M, alias)
+    expected = M if kind == "dissimilarity" else -M
+    np.testing.assert_array_equal(got[0], expected)
+    assert converted == (kind == "similarity")
+
+
+def test_human_matrices_checks_at_their_boundaries() -> None:
+    M3 = np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0]])  # integers, 3 stimuli: the minimum
+    got, _ = to_dissimilarity(M3, "dissimilarity")
+    assert got.dtype == np.float64 and got.shape == (1, 3, 3)
+    with pytest.raises(InvalidInputError, match=r"^matrices: has shape \(0, 4, 4\)"):
+        to_dissimilarity(np.zeros((0, 4, 4)), "dissimilarity")
+    # symmetry tolerance 1e-8 * max(|M|, 1): at the tolerance accepted, above it refused
+    tiny_asym = np.zeros((3, 3))
+    tiny_asym[0, 1] = 1e-8  # |M| < 1: tolerance 1e-8, asymmetry exactly 1e-8
+    to_dissimilarity(tiny_asym, "dissimilarity")
+    tiny_asym[0, 1] = 1.5e-8
+    with pytest.raises(InvalidInputError, match="not symmetric"):
+        to_dissimilarity(tiny_asym, "dissimilarity")
+    big = M3 * 1e4  # |M| = 3e4: tolerance 3e-4
+    big = big.astype(float)
+    big[0, 1] += 2e-4
+    to_dissimilarity(big, "dissimilarity")
+    big[0, 1] += 2e-4
+    with pytest.raises(InvalidInputError, match=r"not symmetric: \[0, 1\]"):
+        to_dissimilarity(big, "dissimilarity")
+
+
+@pytest.mark.parametrize("method", ["spearman", "pearson", "kendall_tau_a"])
+def test_a_constant_rdm_on_one_side_is_refused(method: str) -> None:
+    varying = np.array([1.0, 2.0, 3.0, 5.0])
+    for a, b in ((np.full(4, 2.0), varying), (varying, np.full(4, 2.0))):
+        with pytest.raises(NumericalError, match=f"^{method} is undefined: one RDM has"):
+            compare_rdms(a, b, method)
+
+
+def test_kendall_tau_a_with_no_or_one_pair() -> None:
+    assert math.isnan(kendall_tau_a(np.array([]), np.array([])))
+    assert math.isnan(kendall_tau_a(np.array([1.0]), np.array([2.0])))
+    assert kendall_tau_a(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == 1.0
+    assert kendall_tau_a(np.array([1.0, 2.0]), np.array([2.0, 1.0])) == -1.0
+    assert kendall_tau_a(np.array([1.0, 2.0]), np.array([1.0, 1.0])) == 0.0
+
+
 def _strict_inversions_loop(v: np.ndarray, w: np.ndarray) -> float:
     return float(
         sum(w[i] * w[j] for i in range(len(v)) for j in range(i + 1, len(v)) if v[i] > v[j])
