@@ -171,21 +171,24 @@ def test_adam_holds_back_round_fraction_m_at_least_one_from_ten_responses_on():
 # ----------------------------------------------------------------------------- threads
 
 
-def test_a_fit_runs_with_its_n_threads_and_restores_torchs(monkeypatch):
-    # torch is at 1 thread (the autouse fixture; more threads would hang in mutmut's
-    # forked workers), so the fit's n_threads=2 must be seen inside the fit, and 1 after
-    seen = []
-    original = core.lbfgs_minimise
+def test_a_fit_runs_under_its_n_threads(monkeypatch):
+    # which thread count the fit asks core.threads for (recorded, not applied: a torch
+    # pool of 2 threads hangs in mutmut's forked workers); threads() itself, setting and
+    # restoring torch's count, is test_probe_known_answers' test
+    import contextlib
 
-    def spy(*args, **kw):
-        seen.append(torch.get_num_threads())
-        return original(*args, **kw)
+    asked = []
 
-    monkeypatch.setattr(core, "lbfgs_minimise", spy)
+    @contextlib.contextmanager
+    def record(n):
+        asked.append(n)
+        yield
+
+    monkeypatch.setattr(core, "threads", record)
     X, T = tiny(n=6, p=2, m=8, seed=25)
-    TripletProbe(reg=0.1, n_threads=2, max_iter=1).fit(X, T)
-    assert seen == [2]
-    assert torch.get_num_threads() == 1
+    TripletProbe(reg=0.1, n_threads=3, max_iter=1).fit(X, T)
+    TripletProbe(reg=0.1, max_iter=1).fit(X, T)
+    assert asked == [3, None]
 
 
 def test_map_chains_gives_a_free_thread_the_chain_with_most_steps_left():
