@@ -285,3 +285,39 @@ def test_param_names_of_a_subclass_that_fixes_its_parents_options_are_its_own():
     assert Fixed().get_params() == {"reg": 1.0, "seed": 0}
     parent = TripletProbe.param_names()
     assert Open.param_names() == ("reg", *(n for n in parent if n != "reg"))
+
+
+def test_cross_validate_runs_folds_serially_when_the_estimator_pins_its_threads(monkeypatch):
+    # n_jobs None: as many folds at once as torch has threads, but one when the estimator
+    # pins n_threads (its fits would oversubscribe the cores); recorded, not run
+    from align.metrics.probe import cross_validate
+    from align.metrics.probe import cv as cv_module
+    from align.metrics.splits import ObjectKFold
+
+    class Scheduled(Exception):
+        pass
+
+    asked = []
+
+    def record(step, k, length, n_jobs):
+        asked.append(n_jobs)
+        raise Scheduled
+
+    monkeypatch.setattr(cv_module, "map_chains", record)
+    X, T = tiny(n=15, p=3, m=120, seed=29)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for n_threads in (1, None):
+            with pytest.raises(Scheduled):
+                cross_validate(
+                    TripletProbe(n_threads=n_threads),
+                    X,
+                    T,
+                    lambdas=(1.0,),
+                    cv=ObjectKFold(3, 0),
+                    refit=False,
+                )
+    finally:
+        torch.set_num_threads(old)
+    assert asked == [1, 2]
