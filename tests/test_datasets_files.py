@@ -403,3 +403,295 @@ def test_zero_based_npy_and_text_details(tmp_path: Path) -> None:
     }.items():
         with pytest.raises(InvalidInputError, match=message):
             read_things_triplets(_write(tmp_path / "zb.txt", text))
+
+
+# --- THINGS loader details (mutation survivors of things.py, issue 15) --------------------
+
+
+def _raw_to_concept(raw: list[int]) -> list[int]:
+    # known answer: concept c has raw index sortindex[c] (the shipped text file), by a loop
+    inverse = {int(r): c for c, r in enumerate(_sortindex())}
+    return [inverse[r] for r in raw]
+
+
+# three homonym-block raw indices (0-based) whose concept index differs from the raw one
+HOMONYMS_RAW = [246, 816, 1149]
+
+
+def test_homonym_rows_are_mapped_when_a_file_declares_raw_order(tmp_path: Path) -> None:
+    a, b, c = _raw_to_concept(HOMONYMS_RAW)
+    assert (a, b, c) == (247, 820, 1150)  # sortindex[247] == 246 and so on
+    # 3-column 0-based text and .npy: odd one last
+    text = _write(tmp_path / "t.txt", "246 816 1149\n5 6 7\n")
+    assert read_things_triplets(text, order="raw")[0].tolist() == [[a, b, c], [5, 6, 7]]
+    assert read_things_triplets(text, order="concepts")[0].tolist() == [[246, 816, 1149], [5, 6, 7]]
+    assert read_things_triplets(text)[0].tolist() == [[246, 816, 1149], [5, 6, 7]]
+    # derived CSV: 0-based, odd position 1 -> the first object moves to column 2
+    derived = _write(
+        tmp_path / "d.csv",
+        "obj1,obj2,obj3,odd_one_out_position_1to3,subject_id\n246,816,1149,1,4\n",
+    )
+    assert read_things_triplets(derived, order="raw")[0].tolist() == [[b, c, a]]
+    assert read_things_triplets(derived, order="concepts")[0].tolist() == [[816, 1149, 246]]
+    # THINGS-data CSV: 1-based, choice 2 -> the second object moves to column 2
+    csv_path = _write(tmp_path / "c.csv", "image1\timage2\timage3\tchoice\n247\t817\t1150\t2\n")
+    assert read_things_triplets(csv_path, order="raw")[0].tolist() == [[a, c, b]]
+    assert read_things_triplets(csv_path, order="concepts")[0].tolist() == [[246, 1149, 816]]
+    assert read_things_triplets(csv_path)[0].tolist() == [[246, 1149, 816]]
+
+
+def test_zero_based_text_fast_path_and_its_fallback(tmp_path: Path) -> None:
+    # any whitespace between columns and a trailing "# note" after a later row are read
+    # (pandas' whitespace reader); the result is the rows as written
+    path = _write(tmp_path / "z.txt", "0 1 2\n3\t4   1853  # last row\n")
+    t, subjects = read_things_triplets(path)
+    assert t.dtype == np.int64 and t.tolist() == [[0, 1, 2], [3, 4, 1853]] and subjects is None
+    # "0, 1, 2" is three words: the line reader (comma separated) reads it
+    path = _write(tmp_path / "c.txt", "0, 1, 2\n3, 4, 1853\n")
+    assert read_things_triplets(path)[0].tolist() == [[0, 1, 2], [3, 4, 1853]]
+    cases = {
+        "0.5 1.5 2.5\n": r"f\.txt, line 1: obj_1 is '0\.5', not an integer",  # all fractional
+        "0 1 2\nx 4 5\n": r"f\.txt, line 2: obj_1 is 'x', not an integer",
+        "0 1 2\n3 x 5\n": r"f\.txt, line 2: obj_2 is 'x', not an integer",
+        "0 1 2\n3 4 x\n": r"f\.txt, line 2: odd_one_out is 'x', not an integer",
+        "0 1 2\n3 4 5 6\n": r"f\.txt, line 2: has 4 columns",
+        # the first offending line is named, not the first line holding the last index
+        "0 1 1853\n3 -1 5\n": r"f\.txt, line 2: object index -1 is out of range",
+    }
+    for text, message in cases.items():
+        with pytest.raises(InvalidInputError, match=message):
+            read_things_triplets(_write(tmp_path / "f.txt", text))
+
+
+def test_a_pickled_npy_is_refused(tmp_path: Path) -> None:
+    objects = np.empty((1, 3), dtype=object)
+    objects[0] = [0, 1, 2]
+    np.save(tmp_path / "o.npy", objects, allow_pickle=True)
+    with pytest.raises(InvalidInputError, match=r"o\.npy: is not a readable \.npy .*allow_pickle"):
+        read_things_triplets(tmp_path / "o.npy")
+
+
+def test_raw_things_file_names_the_column_and_checks_choice_first(tmp_path: Path) -> None:
+    good = "1\t2\t3\t1\t9\n"
+    cases = {
+        "x\t2\t3\t1\t9": r"r\.csv, line 2: obj_i is 'x', not an integer",
+        "1\t2\tx\t1\t9": r"r\.csv, line 2: obj_k is 'x', not an integer",
+        "1\t2\t3\tx\t9": r"r\.csv, line 2: choice is 'x', not an integer",
+        "1\t2\t3\t1\tx": r"r\.csv, line 2: subject is 'x', not an integer",
+        # choice 0 is a bad choice, not a bad object index
+        "1\t2\t3\t0\t9": r"r\.csv, line 2: choice \(odd-one-out position\) 0 is out of range",
+    }
+    for line, message in cases.items():
+        with pytest.raises(InvalidInputError, match=message):
+            read_things_triplets(_write(tmp_path / "r.csv", good + line + "\n"))
+
+
+def test_derived_csv_names_file_line_and_column(tmp_path: Path) -> None:
+    header = "obj1,obj2,obj3,odd_one_out_position_1to3,subject_id\n"
+    cases = {
+        "x,6,7,1,1": r"e\.csv, line 2: obj1 is 'x', not an integer",
+        "5,x,7,1,1": r"e\.csv, line 2: obj2 is 'x', not an integer",
+        "5,6,7,x,1": r"e\.csv, line 2: odd_one_out_position_1to3 is 'x', not an integer",
+        "5,6,7,1,x": r"e\.csv, line 2: subject_id is 'x', not an integer",
+        "5,6,7,1": r"e\.csv, line 2: has 4 columns",
+        "5,6,1854,1,1": r"e\.csv, line 2: object index 1854 is out of range",
+        # -1 is a bad odd-one-out position, not a bad object index
+        "5,6,7,-1,1": r"e\.csv, line 2: odd_one_out_position_1to3 -1 is out of range",
+    }
+    for row, message in cases.items():
+        with pytest.raises(InvalidInputError, match=message):
+            read_things_triplets(_write(tmp_path / "e.csv", header + row + "\n"))
+
+
+def test_things_data_csv_values_subjects_and_refusals(tmp_path: Path) -> None:
+    head = "image1\timage2\timage3\tchoice\tsubject_id\n"
+    # subject ids become codes in SORTED order of the ids: W1 -> 0, W5 -> 1, W9 -> 2
+    rows = "1\t2\t3\t1\tW9\n4\t5\t6\t3\tW1\n1\t2\t3\t2\tW9\n7\t8\t1854\t1\tW5\n"
+    t, subjects = read_things_triplets(_write(tmp_path / "s.csv", head + rows))
+    assert t.tolist() == [[1, 2, 0], [3, 4, 5], [0, 2, 1], [7, 1853, 6]]
+    assert subjects is not None and subjects.dtype == np.int64
+    assert subjects.tolist() == [2, 0, 2, 1]
+    # no subject_id column: no subjects
+    path = _write(tmp_path / "n.csv", "image1\timage2\timage3\tchoice\n1\t2\t3\t3\n")
+    t, subjects = read_things_triplets(path)
+    assert t.tolist() == [[0, 1, 2]] and subjects is None
+    cases = {
+        "1\t2\t3\t1\tw\n\n1\t2\t3\t1\tw\n": r"b\.csv, line 3: image1 is .*nan.*, not an integer",
+        "1\t2.5\t3\t1\tw\n": r"b\.csv, line 2: image2 is .*2\.5.*, not an integer",
+        "1\t2\t3\t1\tw\n1855\t2\t3\t1\tw\n": r"b\.csv, line 3: object index 1855 is out of range",
+        "1\t2\t3\t4\tw\n": r"b\.csv, line 2: choice \(odd-one-out position\) 4 is out of range",
+    }
+    for body, message in cases.items():
+        with pytest.raises(InvalidInputError, match=message):
+            read_things_triplets(_write(tmp_path / "b.csv", head + body))
+
+
+def test_things_data_csv_subject_ids_read_as_one_type(tmp_path: Path) -> None:
+    # 150,000 numeric subject ids, then "W1" and "3": the whole column is read at once
+    # (low_memory=False), so the last "3" is the same subject as the earlier "3"s
+    n = 150_000
+    lines = ["image1\timage2\timage3\tchoice\tsubject_id"]
+    lines += [f"1\t2\t3\t1\t{i % 7}" for i in range(n)] + ["1\t2\t3\t1\tW1", "1\t2\t3\t1\t3"]
+    _, subjects = read_things_triplets(_write(tmp_path / "big.csv", "\n".join(lines) + "\n"))
+    assert subjects is not None and len(subjects) == n + 2
+    # sorted ids "0" < ... < "6" < "W1": codes 0..7
+    assert subjects[3] == 3 and subjects[-1] == 3 and subjects[-2] == 7 and subjects.max() == 7
+
+
+def test_find_things_images_subfolders_lowest_number_and_ties(tmp_path: Path) -> None:
+    from align.datasets.things import find_things_images
+
+    folder = tmp_path / "images"
+    names = [
+        "readme.jpg",  # not <uniqueID>_NN[bs].jpg: skipped, the search goes on
+        "aardvark_01b.jpg",
+        "aardvark/aardvark_01b.jpg",  # the same name in a subfolder: the flat one wins
+        "bib/bib_03s.jpg",
+        "bib/bib_02s.jpg",
+        "ice_01b.jpg",
+        "ice-cream_cone_01b.jpg",
+    ]
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    found = find_things_images(folder, ("aardvark", "bib", "yo-yo", "ice", "ice-cream_cone"))
+    assert found == (
+        folder / "aardvark_01b.jpg",
+        folder / "bib" / "bib_02s.jpg",
+        None,
+        folder / "ice_01b.jpg",
+        folder / "ice-cream_cone_01b.jpg",
+    )
+
+
+def _uids() -> list[str]:
+    import csv
+
+    with open(SHIPPED.parent / "things_concepts.tsv", newline="", encoding="utf-8") as f:
+        return [row["uniqueID"] for row in csv.DictReader(f, delimiter="\t")]
+
+
+def test_things_dataset_metadata(tmp_path: Path) -> None:
+    import re
+
+    from align.datasets.things import load_things
+
+    licence = "CC-BY 4.0 (behavioural data); images: THINGS database terms, academic use"
+    ds = load_things(tmp_path)  # the default id
+    assert ds.id == "things" and ds.triplet_convention == "odd-one-out"
+    assert ds.source == str(SHIPPED) and ds.licence == licence
+    assert ds.citation.startswith("Hebart, M. N., Zheng, C. Y., Pereira, F., & Baker, C. I. (2020)")
+    assert ds.citation.endswith("https://osf.io/z2784/")
+    # the description's counts, checked on the data: 20000 rows, 325 people, 1000 triplets
+    assert ds.description == (
+        "THINGS odd-one-out noise-ceiling set: 20,000 responses of 325 people on "
+        "1,000 distinct triplets over 1,854 objects"
+    )
+    assert ds.triplets is not None and ds.subjects is not None and len(ds.triplets) == 20000
+    assert len(set(ds.subjects.tolist())) == 325
+    assert len({tuple(sorted(r)) for r in ds.triplets.tolist()}) == 1000
+    # a THINGS-data file of the folder convention
+    folder = tmp_path / "things" / "triplet_dataset"
+    folder.mkdir(parents=True)
+    _write(folder / "trainset.txt", "0 1 2\n")
+    ds = load_dataset("things/train", tmp_path)
+    assert ds.id == "things/train" and ds.description == "THINGS-data trainset.txt"
+    assert ds.source == str(folder / "trainset.txt") and ds.licence == licence
+    assert ds.citation.startswith("Hebart, M. N., Contier, O., Teichmann, L., et al. (2023)")
+    assert ds.triplet_convention == "odd-one-out"
+    # any file given as triplets=
+    np.save(tmp_path / "t.npy", np.array([[0, 1, 2]]))
+    ds = load_dataset("things", tmp_path, triplets=tmp_path / "t.npy")
+    assert ds.id == "things" and ds.description == "THINGS triplets from t.npy"
+    assert ds.source == str(tmp_path / "t.npy") and ds.licence == licence
+    assert ds.citation.startswith("Hebart, M. N., Contier, O.")
+    # a registered THINGS-data file that is absent: its id and where to get it
+    full = folder / "triplets_large_final_correctednc_correctedorder.csv"
+    expected = (
+        f"things/full: things/full: {full} not found. "
+        "Where to get it: https://osf.io/f5rn6/ (data/triplet_dataset/) ["
+    )
+    with pytest.raises(DataMissingError, match="^" + re.escape(expected)):
+        load_dataset("things/full", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("gone", "listed"),
+    [
+        ([0, 10, 100, 1000, 1853], [0, 10, 100, 1000, 1853]),  # five: all named, no "..."
+        ([0, 10, 100, 1000, 1500, 1853], [0, 10, 100, 1000, 1500]),  # six: first five + "..."
+    ],
+)
+def test_missing_images_warning_text_and_location(
+    tmp_path: Path, gone: list[int], listed: list[int]
+) -> None:
+    uids = _uids()
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, uid in enumerate(uids):
+        if i not in gone:
+            (images / f"{uid}_01b.jpg").write_bytes(b"")
+    np.save(tmp_path / "t.npy", np.array([[0, 1, 2], [3, 4, 5], [11, 12, 1853]]))
+    names = ", ".join(uids[i] for i in listed) + (" ..." if len(gone) > 5 else "")
+    expected = (
+        f"things: {len(gone)} of 1854 images missing in {images} ({names}); "
+        "2 of 3 triplets touch them and are dropped by image metrics"
+    )
+    with pytest.warns(UserWarning) as record:
+        ds = load_dataset("things", tmp_path, triplets=tmp_path / "t.npy", images=images)
+    assert [str(w.message) for w in record] == [expected]
+    assert record[0].filename == __file__  # the caller's line (stacklevel)
+    assert ds.missing_images == tuple(gone)
+
+
+def test_vice_embedding_file_checks(tmp_path: Path) -> None:
+    import re
+
+    from align.datasets import things
+
+    path = tmp_path / "things" / "vice_things_final_embedding.npy"
+    expected = (
+        f"VICE embedding: {path} not found. Where to get it: "
+        "https://github.com/LukasMut/VICE (vice_things_final_embedding.npy)"
+    )
+    with pytest.raises(DataMissingError, match="^" + re.escape(expected) + "$"):
+        things.load_vice_embedding(tmp_path)
+    path.parent.mkdir()
+    e = np.arange(1854 * 2, dtype=np.float32).reshape(1854, 2)
+    np.save(path, e)
+    out = things.load_vice_embedding(tmp_path)
+    s = _sortindex()
+    assert all(out[i].tolist() == e[s[i]].tolist() for i in range(1854))  # concept i = raw s[i]
+    bad = e.copy()
+    bad[5, 1] = np.nan
+    for array, shape in [(bad, r"\(1854, 2\)"), (e[:, 0], r"\(1854,\)"), (e[:10], r"\(10, 2\)")]:
+        np.save(path, array)
+        with pytest.raises(InvalidInputError, match=rf"{re.escape(str(path))}: has shape {shape}"):
+            things.load_vice_embedding(tmp_path)
+    np.save(path, e.astype(object), allow_pickle=True)  # a pickle is never loaded
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        things.load_vice_embedding(tmp_path)
+
+
+def test_vice_labels_and_spose_files(tmp_path: Path) -> None:
+    import re
+
+    from align.datasets import things
+
+    assert things.load_vice_concept_labels(tmp_path, 3) == ("0", "1", "2")
+    (tmp_path / "things").mkdir()
+    _write(tmp_path / "things" / "vice_labels.txt", "animal\n\n  food \nmetal\n")
+    assert things.load_vice_concept_labels(tmp_path, 3) == ("animal", "food", "metal")
+    with pytest.raises(InvalidInputError, match=r"vice_labels\.txt: has 3 labels \(expected 4\)"):
+        things.load_vice_concept_labels(tmp_path, 4)
+    assert things.load_spose_labels(tmp_path) == tuple(str(i) for i in range(66))
+    (tmp_path / "things_spose66d").mkdir()
+    _write(tmp_path / "things_spose66d" / "labels_spose_66d_short.txt", " metal\n\nfood \n")
+    assert things.load_spose_labels(tmp_path) == ("metal", "food")
+    path = tmp_path / "things_spose66d" / "spose_embedding_66d.txt"
+    expected = (
+        f"SPoSE 66-d embedding: {path} not found. Where to get it: https://osf.io/f5rn6/ "
+        "(spose_embedding_66d_sorted.txt) or github.com/florianmahner/pysrf"
+    )
+    with pytest.raises(DataMissingError, match="^" + re.escape(expected) + "$"):
+        things.load_spose_embedding(tmp_path)
