@@ -503,6 +503,27 @@ def test_derived_csv_names_file_line_and_column(tmp_path: Path) -> None:
             read_things_triplets(_write(tmp_path / "e.csv", header + row + "\n"))
 
 
+def test_integers_beyond_int64_and_infinities_are_refused_with_file_line_and_column(
+    tmp_path: Path,
+) -> None:
+    # they used to escape as a bare OverflowError (from np.asarray, or int(inf))
+    big = "99999999999999999999"  # > 2**63 - 1
+    header = "obj1,obj2,obj3,odd_one_out_position_1to3,subject_id\n"
+    cases = {
+        f"5,6,7,1,{big}": rf"d\.csv, line 2: subject_id is '{big}', beyond 64-bit integers",
+        f"{big},6,7,1,1": rf"d\.csv, line 2: obj1 is '{big}', beyond 64-bit integers",
+        "5,6,7,1,inf": r"d\.csv, line 2: subject_id is 'inf', not an integer",
+        "5,6,7,1,1e400": r"d\.csv, line 2: subject_id is '1e400', not an integer",
+    }
+    for row, message in cases.items():
+        with pytest.raises(InvalidInputError, match=message):
+            read_things_triplets(_write(tmp_path / "d.csv", header + row + "\n"))
+    # the largest int64 parses (and is then refused as an index, by range)
+    top = str(2**63 - 1)
+    with pytest.raises(InvalidInputError, match=rf"line 2: object index {top} is out of range"):
+        read_things_triplets(_write(tmp_path / "d.csv", header + f"5,6,{top},1,1\n"))
+
+
 def test_things_data_csv_values_subjects_and_refusals(tmp_path: Path) -> None:
     head = "image1\timage2\timage3\tchoice\tsubject_id\n"
     # subject ids become codes in SORTED order of the ids: W1 -> 0, W5 -> 1, W9 -> 2

@@ -3,6 +3,7 @@ as an editor shows it) and what was expected; no valid row is dropped silently."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,19 +60,30 @@ def sniff_sep(line: str) -> str | None:
     return None
 
 
+_INT64 = np.iinfo(np.int64)
+
+
 def parse_int(value: str, path: Path, line: int, column: str) -> int:
+    """``value`` as an int64 (``"12.0"`` from np.savetxt accepted); anything else,
+    including infinities and integers beyond int64, is refused naming file, line and
+    column."""
     try:
-        return int(value)
+        out = int(value)
     except ValueError:
         try:
             as_float = float(value)
         except ValueError:
             as_float = float("nan")
-        if as_float == as_float and as_float == int(as_float):  # "12.0" from np.savetxt
-            return int(as_float)
+        if not (math.isfinite(as_float) and as_float == int(as_float)):
+            raise InvalidInputError(
+                where(path, line), f"{column} is {value!r}, not an integer", "an integer"
+            ) from None
+        out = int(as_float)
+    if not _INT64.min <= out <= _INT64.max:
         raise InvalidInputError(
-            where(path, line), f"{column} is {value!r}, not an integer", "an integer"
-        ) from None
+            where(path, line), f"{column} is {value!r}, beyond 64-bit integers", "an index"
+        )
+    return out
 
 
 def parse_float(value: str, path: Path, line: int, column: str) -> float:
