@@ -458,9 +458,7 @@ def test_zero_based_text_fast_path_and_its_fallback(tmp_path: Path) -> None:
         # the first offending line is named, not the first line holding the last index
         "0 1 1853\n3 -1 5\n": r"f\.txt, line 2: object index -1 is out of range",
     }
-    for text, message in cases.items():
-        with pytest.raises(InvalidInputError, match=message):
-            read_things_triplets(_write(tmp_path / "f.txt", text))
+    _refused_rows(tmp_path / "f.txt", "", cases, end="")
 
 
 def test_a_pickled_npy_is_refused(tmp_path: Path) -> None:
@@ -469,6 +467,14 @@ def test_a_pickled_npy_is_refused(tmp_path: Path) -> None:
     np.save(tmp_path / "o.npy", objects, allow_pickle=True)
     with pytest.raises(InvalidInputError, match=r"o\.npy: is not a readable \.npy .*allow_pickle"):
         read_things_triplets(tmp_path / "o.npy")
+
+
+def _refused_rows(path: Path, head: str, cases: dict[str, str], end: str = "\n") -> None:
+    """Each row of ``cases``, written after ``head`` (and ended by ``end``) into ``path``,
+    is refused with its message (a regex)."""
+    for row, message in cases.items():
+        with pytest.raises(InvalidInputError, match=message):
+            read_things_triplets(_write(path, head + row + end))
 
 
 def test_raw_things_file_names_the_column_and_checks_choice_first(tmp_path: Path) -> None:
@@ -481,9 +487,7 @@ def test_raw_things_file_names_the_column_and_checks_choice_first(tmp_path: Path
         # choice 0 is a bad choice, not a bad object index
         "1\t2\t3\t0\t9": r"r\.csv, line 2: choice \(odd-one-out position\) 0 is out of range",
     }
-    for line, message in cases.items():
-        with pytest.raises(InvalidInputError, match=message):
-            read_things_triplets(_write(tmp_path / "r.csv", good + line + "\n"))
+    _refused_rows(tmp_path / "r.csv", good, cases)
 
 
 def test_derived_csv_names_file_line_and_column(tmp_path: Path) -> None:
@@ -498,9 +502,7 @@ def test_derived_csv_names_file_line_and_column(tmp_path: Path) -> None:
         # -1 is a bad odd-one-out position, not a bad object index
         "5,6,7,-1,1": r"e\.csv, line 2: odd_one_out_position_1to3 -1 is out of range",
     }
-    for row, message in cases.items():
-        with pytest.raises(InvalidInputError, match=message):
-            read_things_triplets(_write(tmp_path / "e.csv", header + row + "\n"))
+    _refused_rows(tmp_path / "e.csv", header, cases)
 
 
 def test_integers_beyond_int64_and_infinities_are_refused_with_file_line_and_column(
@@ -515,9 +517,7 @@ def test_integers_beyond_int64_and_infinities_are_refused_with_file_line_and_col
         "5,6,7,1,inf": r"d\.csv, line 2: subject_id is 'inf', not an integer",
         "5,6,7,1,1e400": r"d\.csv, line 2: subject_id is '1e400', not an integer",
     }
-    for row, message in cases.items():
-        with pytest.raises(InvalidInputError, match=message):
-            read_things_triplets(_write(tmp_path / "d.csv", header + row + "\n"))
+    _refused_rows(tmp_path / "d.csv", header, cases)
     # the largest int64 parses (and is then refused as an index, by range)
     top = str(2**63 - 1)
     with pytest.raises(InvalidInputError, match=rf"line 2: object index {top} is out of range"):
@@ -542,9 +542,7 @@ def test_things_data_csv_values_subjects_and_refusals(tmp_path: Path) -> None:
         "1\t2\t3\t1\tw\n1855\t2\t3\t1\tw\n": r"b\.csv, line 3: object index 1855 is out of range",
         "1\t2\t3\t4\tw\n": r"b\.csv, line 2: choice \(odd-one-out position\) 4 is out of range",
     }
-    for body, message in cases.items():
-        with pytest.raises(InvalidInputError, match=message):
-            read_things_triplets(_write(tmp_path / "b.csv", head + body))
+    _refused_rows(tmp_path / "b.csv", head, cases, end="")
 
 
 def test_things_data_csv_subject_ids_read_as_one_type(tmp_path: Path) -> None:
