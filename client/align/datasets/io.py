@@ -81,7 +81,9 @@ def parse_int(value: str, path: Path, line: int, column: str) -> int:
         out = int(as_float)
     if not _INT64.min <= out <= _INT64.max:
         raise InvalidInputError(
-            where(path, line), f"{column} is {value!r}, beyond 64-bit integers", "an index"
+            where(path, line),
+            f"{column} is {value!r}, beyond 64-bit integers",
+            "an integer of at most 64 bits",
         )
     return out
 
