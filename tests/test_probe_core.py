@@ -321,3 +321,99 @@ def test_cross_validate_runs_folds_serially_when_the_estimator_pins_its_threads(
     finally:
         torch.set_num_threads(old)
     assert asked == [1, 2]
+
+
+# ----------------------------------------------------------------------- L-BFGS history
+
+
+def _two_loop(pairs: list[tuple[np.ndarray, np.ndarray]], g: np.ndarray) -> np.ndarray:
+    """Nocedal & Wright, Algorithm 7.4, written out: -H g from the pairs (oldest first),
+    H_0 = (s.y / y.y of the newest pair) I, identity without pairs."""
+    q = -g.copy()
+    alpha = []
+    for s, y in reversed(pairs):
+        a = (s @ q) / (y @ s)
+        q -= a * y
+        alpha.append(a)
+    alpha.reverse()
+    gamma = 1.0
+    if pairs:
+        s, y = pairs[-1]
+        gamma = (s @ y) / (y @ y)
+    r = gamma * q
+    for (s, y), a in zip(pairs, alpha, strict=True):
+        b = (y @ r) / (y @ s)
+        r += (a - b) * s
+    return r
+
+
+def test_lbfgs_history_direction_is_the_two_loop_recursion_past_its_size_and_skips():
+    """The direction from inner products equals the written-out two-loop recursion over
+    the pairs kept: with no pair (-g), while the ring fills, after it wraps (only the
+    newest `size` pairs count, oldest dropped first), and when a pair with s.y <= 1e-10
+    is skipped (the history and the scaling kept as they were)."""
+    rng = np.random.default_rng(3)
+    n, size = 7, 3
+    hist = core.LbfgsHistory(size, n, torch.float64, torch.device("cpu"))
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    g = rng.normal(size=n)
+    d = hist.direction(torch.from_numpy(g), None)
+    np.testing.assert_allclose(d.numpy(), -g, rtol=1e-15)
+    for step in range(9):
+        s = rng.normal(size=n)
+        A = np.diag(rng.uniform(0.5, 2.0, size=n))
+        y = A @ s  # positive curvature
+        if step in (4, 6):
+            y = -y if step == 4 else y * 1e-12 / (y @ s) * 0.5  # s.y < 0, then 5e-13
+        else:
+            kept.append((s, y))
+        kept = kept[-size:]
+        g = rng.normal(size=n)
+        d = hist.direction(torch.from_numpy(g), (torch.from_numpy(s), torch.from_numpy(y)))
+        np.testing.assert_allclose(d.numpy(), _two_loop(kept, g), rtol=1e-12, atol=1e-14)
+        assert len(hist.order) == len(kept)
+
+
+def test_lbfgs_history_keeps_a_pair_with_curvature_just_above_1e_minus_10():
+    """torch's rule: a pair is kept when s.y > 1e-10 (here 2e-10), not only when large."""
+    hist = core.LbfgsHistory(2, 2, torch.float64, torch.device("cpu"))
+    s = torch.tensor([1e-5, 0.0], dtype=torch.float64)
+    y = torch.tensor([2e-5, 0.0], dtype=torch.float64)  # s.y = 2e-10
+    g = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    d = hist.direction(g, (s, y))
+    assert hist.order == [0]
+    np.testing.assert_allclose(d.numpy(), _two_loop([(s.numpy(), y.numpy())], g.numpy()))
+
+
+# ------------------------------------------------------------------------ pair pattern
+
+
+def test_pair_pattern_gives_the_triplets_similarities_and_the_gradients_scatter():
+    """The similarities read off the sparse pattern are each triplet's three inner
+    products, and the pattern's matrix with the pair weights times the rows is the
+    per-triplet scatter dE_a = g_ab e_b + g_ac e_c (likewise b, c), written out here,
+    including a pair shared by two triplets and a triplet repeated."""
+    rng = np.random.default_rng(5)
+    n, q = 6, 4
+    tloc = np.array([[0, 1, 2], [1, 0, 3], [4, 5, 0], [0, 1, 2], [2, 5, 3]])
+    E = torch.from_numpy(rng.normal(size=(n, q)))
+    pattern, slot = core.pair_pattern(tloc, n, torch.device("cpu"))
+    K = torch.sparse.sampled_addmm(pattern, E, E.T, beta=0.0)
+    m = len(tloc)
+    S = K.values()[slot[: 3 * m]].view(-1, 3).numpy()
+    En = E.numpy()
+    for (a, b, c), row in zip(tloc, S, strict=True):
+        np.testing.assert_allclose(row, [En[a] @ En[b], En[a] @ En[c], En[b] @ En[c]])
+    G = rng.normal(size=(m, 3))
+    w = torch.zeros_like(K.values())
+    w.index_add_(0, slot, torch.from_numpy(np.concatenate([G.ravel(), G.ravel()])))
+    dE = (core.pair_matrix(pattern, w) @ E).numpy()
+    expected = np.zeros((n, q))
+    for (a, b, c), (gab, gac, gbc) in zip(tloc, G, strict=True):
+        expected[a] += gab * En[b] + gac * En[c]
+        expected[b] += gab * En[a] + gbc * En[c]
+        expected[c] += gac * En[a] + gbc * En[b]
+    np.testing.assert_allclose(dE, expected, rtol=1e-12, atol=1e-14)
+    assert pattern.values().shape[0] == 2 * len(
+        {tuple(sorted(p)) for t in tloc for p in [(t[0], t[1]), (t[0], t[2]), (t[1], t[2])]}
+    )

@@ -159,14 +159,13 @@ def _rosenbrock(W, b):
         ("rosenbrock", 80, -0.5),
     ],
 )
-def test_lbfgs_one_iteration_per_call_is_torchs_single_call_bit_for_bit(
-    bias, problem, max_iter, start
-):
-    """lbfgs_minimise runs torch's L-BFGS one iteration per step() with the state carried
-    over and the repeated first evaluation served from a memo: with the stall rule off it
-    must give exactly the iterates, evaluations and iteration count of ONE step() call:
-    past the 20-pair history (logistic, 60), when the evaluation budget ends the fit
-    (tiny), on a curved valley where line searches bracket (rosenbrock)."""
+def test_lbfgs_follows_torchs_lbfgs_to_rounding(bias, problem, max_iter, start):
+    """lbfgs_minimise is torch's L-BFGS (history, scaling, first step, line search, budget
+    and stopping rules) with the two-loop recursion done on inner products: with the stall
+    rule off, in float64, it must take the same iterations and evaluations as torch's ONE
+    step() call, with the objective and the iterates equal to rounding: past the 20-pair
+    history (logistic, 60), when the evaluation budget ends the fit (tiny), on a curved
+    valley where line searches bracket (rosenbrock)."""
     evaluate = {
         "logistic": _logistic(3, spread=2.5),
         "tiny": _tiny_quadratic,
@@ -212,8 +211,15 @@ def test_lbfgs_one_iteration_per_call_is_torchs_single_call_bit_for_bit(
         runs.append((W.detach().clone(), None if b is None else b.detach().clone(), curve, n_iter))
     (W1, b1, c1, n1), (W2, b2, c2, n2) = runs
     assert n1 == n2
-    assert c1 == c2  # the same evaluations, in the same order, none repeated
-    assert torch.equal(W1, W2) and (b1 is None or torch.equal(b1, b2))
+    assert len(c1) == len(c2)  # the same evaluations, in the same order
+    # the valley amplifies rounding: 1e-16 at the first evaluations, up to 2e-5 after
+    # 80 as f -> 1e-9 (the same counts and the first 10 evaluations tie the paths)
+    rtol = 1e-4 if problem == "rosenbrock" else 1e-10
+    np.testing.assert_allclose(c2, c1, rtol=rtol, atol=1e-12 if problem == "rosenbrock" else 0)
+    np.testing.assert_allclose(c2[:10], c1[:10], rtol=1e-13)
+    torch.testing.assert_close(W2, W1, rtol=rtol, atol=1e-12)
+    if b1 is not None:
+        torch.testing.assert_close(b2, b1, rtol=rtol, atol=1e-12)
     if problem == "logistic" and max_iter == 60:  # the history size is part of the path
         assert n1 > core.LBFGS_HISTORY + 5
     if problem == "tiny":  # the evaluation budget (2 max_iter) was reached: it ended the

@@ -19,12 +19,14 @@ import dataclasses
 import hashlib
 import math
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch.optim.lbfgs import _strong_wolfe  # torch's line search (torch pinned)
 
 from ...errors import InvalidInputError, NumericalError
 
@@ -306,6 +308,82 @@ Evaluate = Callable[
 ]
 
 
+class LbfgsHistory:
+    """L-BFGS's inverse-Hessian approximation ``H`` from the last ``size`` accepted pairs
+    ``s = x_{k+1} - x_k``, ``y = g_{k+1} - g_k`` (Nocedal & Wright, Algorithm 7.4, with
+    ``H_0 = gamma I``, ``gamma = s.y / y.y`` of the newest pair, as torch's L-BFGS).
+
+    The two-loop recursion reads every pair twice and rewrites ``q`` 2k times: 4k vector
+    passes of memory traffic per iteration, which at 20 pairs of r^2 = 340k floats cost
+    more than the objective. Here the pairs live in two ring buffers (rows of ``S`` and
+    ``Y``) with their inner products ``S Y^T`` and ``Y Y^T`` kept (float64, k x k), so
+    the same recursion runs on scalars: one pass over the buffers gives ``S g``, ``Y g``
+    (and the new pair's products), a second writes ``d = -gamma g - gamma Y^T alpha +
+    S^T (alpha - beta)``. The direction equals the two-loop's up to rounding (tested).
+    """
+
+    def __init__(self, size: int, n: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.size = size
+        self.S = torch.empty((size, n), dtype=dtype, device=device)
+        self.Y = torch.empty((size, n), dtype=dtype, device=device)
+        self.rhs = torch.empty((3, n), dtype=dtype, device=device)  # g, y, s: one pass
+        self.order: list[int] = []  # ring slots, oldest pair first
+        self.rho = np.zeros(size)
+        self.SY = np.zeros((size, size))  # SY[i, j] = s_i . y_j, by slot
+        self.YY = np.zeros((size, size))
+        self.gamma = 1.0
+
+    def direction(
+        self, g: torch.Tensor, step: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """``-H g`` after adding ``step = (s, y)`` when ``s.y > 1e-10`` (torch's rule: a
+        pair with too little curvature is skipped, the history kept as it was)."""
+        rows = 1
+        slot = -1
+        if step is not None:
+            s, y = step
+            ys = float(y.dot(s))
+            if ys > 1e-10:
+                slot = self.order.pop(0) if len(self.order) == self.size else len(self.order)
+                self.S[slot].copy_(s)
+                self.Y[slot].copy_(y)
+                self.rho[slot] = 1.0 / ys
+                self.order.append(slot)
+                self.rhs[1].copy_(y)
+                self.rhs[2].copy_(s)
+                rows = 3
+        k = len(self.order)
+        if k == 0:
+            return torch.mul(g, -self.gamma)
+        self.rhs[0].copy_(g)
+        rhs = self.rhs[:rows]  # (rows, n) @ (n, k): one pass over each buffer
+        PS = (rhs @ self.S[:k].T).T.to("cpu", torch.float64).numpy()
+        PY = (rhs @ self.Y[:k].T).T.to("cpu", torch.float64).numpy()
+        if rows == 3:
+            self.SY[:k, slot] = PS[:, 1]  # s_i . y_new
+            self.SY[slot, :k] = PY[:, 2]  # s_new . y_j
+            self.YY[:k, slot] = PY[:, 1]
+            self.YY[slot, :k] = PY[:, 1]
+            self.gamma = (1.0 / self.rho[slot]) / self.YY[slot, slot]
+        sg, yg = PS[:, 0], PY[:, 0]
+        order = self.order
+        SY, YY, rho, gamma = self.SY[:k, :k], self.YY[:k, :k], self.rho[:k], self.gamma
+        alpha = np.zeros(k)
+        for pos in range(k - 1, -1, -1):  # newest to oldest: q = -g - sum alpha_j y_j
+            i, later = order[pos], order[pos + 1 :]
+            alpha[i] = rho[i] * (-sg[i] - SY[i, later] @ alpha[later])
+        base = gamma * (-yg - YY @ alpha)  # y_i . r_0, r_0 = gamma q
+        beta = np.zeros(k)
+        for pos in range(k):  # oldest to newest: r += (alpha_i - beta_i) s_i
+            i, earlier = order[pos], order[:pos]
+            beta[i] = rho[i] * (base[i] + SY[earlier, i] @ (alpha[earlier] - beta[earlier]))
+        dt = self.S.dtype
+        d = torch.mul(g, -gamma)
+        d.addmv_(self.S[:k].T, torch.from_numpy(alpha - beta).to(self.S.device, dt))
+        d.addmv_(self.Y[:k].T, torch.from_numpy(-gamma * alpha).to(self.S.device, dt))
+        return d
+
+
 def lbfgs_minimise(
     params: list[torch.Tensor],
     evaluate: Evaluate,
@@ -315,98 +393,77 @@ def lbfgs_minimise(
     stall_tol: float | None = None,
     window: int = STALL_WINDOW,
 ) -> int:
-    """Minimise ``evaluate(W, b) -> (f, dW, db)`` over ``params = [W]`` or ``[W, b]`` with
-    torch's L-BFGS (history 20, strong Wolfe line search, at most ``max_iter`` iterations
-    and ``2 max_iter`` evaluations); returns the iterations done.
+    """Minimise ``evaluate(W, b) -> (f, dW, db)`` over ``params = [W]`` or ``[W, b]`` by
+    L-BFGS with torch's algorithm and settings (history 20, ``H_0 = gamma I``, first step
+    ``min(1, 1/||g||_1)``, then 1, torch's strong Wolfe line search), at most ``max_iter``
+    iterations and ``2 max_iter`` evaluations (the last line search may finish past it);
+    returns the iterations done. The direction comes from :class:`LbfgsHistory` (the
+    two-loop's, without its memory traffic); ``W`` and ``b`` are views of one flat vector.
 
-    torch's stopping rules stay (loss change or step below ``tol``, gradient below
-    ``tol * 1e-3``); added: the stall rule (:data:`STALL_FACTOR`; ``stall_tol`` None:
-    ``STALL_FACTOR * tol``, 0: off). torch's optimiser cannot
-    be stopped from outside an iteration, so it runs one iteration per ``step`` call with
-    its state carried over; each call starts by evaluating the objective at the current
-    point, which the last line search already evaluated: that value is served from a memo
-    of the last evaluations (the accepted point is ``x + t d`` computed by the same
-    operations as the trial, so it is bit-identical), so the iterates and the evaluations
-    are exactly those of one ``step`` call with ``stall_tol=0`` (tested). Only when the
-    accepted trial is more than 4 evaluations back (a long line search returning an
-    early bracket point, not seen in the tests) is it evaluated once more.
+    Stopping rules, checked after every iteration in torch's order: the iteration or
+    evaluation budget; largest gradient entry ``<= tol * 1e-3``; largest step entry
+    ``<= tol``; loss change ``< tol``; the stall rule (:func:`stalled`, ``stall_tol``
+    None: ``STALL_FACTOR * tol``, 0: off). Before any iteration: the gradient rule, and
+    no descent direction (``g.d > -tol``) ends the fit.
     """
     W = params[0]
     b = params[1] if len(params) > 1 else None
     if stall_tol is None:
         stall_tol = STALL_FACTOR * tol
-    opt = torch.optim.LBFGS(  # max_eval: set before every call (below)
-        params,
-        lr=1.0,
-        max_iter=1,
-        tolerance_grad=tol * 1e-3,
-        tolerance_change=tol,
-        history_size=LBFGS_HISTORY,
-        line_search_fn="strong_wolfe",
-    )
-    memo: list[tuple[torch.Tensor, torch.Tensor | None, float, torch.Tensor, Any]] = []
+    q = W.numel()
+    n = q + (0 if b is None else b.numel())
+    x = torch.empty(n, dtype=W.dtype, device=W.device)
     evals = 0
 
-    def lookup() -> tuple[float, torch.Tensor, Any] | None:
-        for Wm, bm, f, gW, gb in reversed(memo):
-            if torch.equal(Wm, W) and (b is None or (bm is not None and torch.equal(bm, b))):
-                return f, gW, gb
-        return None
+    def at(v: torch.Tensor) -> tuple[float, torch.Tensor]:
+        nonlocal evals
+        f, gW, gb = evaluate(v[:q].view(W.shape), None if b is None else v[q:])
+        evals += 1
+        g = gW.reshape(-1) if gb is None else torch.cat([gW.reshape(-1), gb])
+        return float(f), g
 
-    expect_hit = False  # set before every call (below)
+    def along(v: torch.Tensor, t: Any, d: torch.Tensor) -> tuple[float, torch.Tensor]:
+        return at(torch.add(v, d, alpha=float(t)))  # the line search's trial point
 
-    def closure() -> torch.Tensor:
-        nonlocal evals, expect_hit
-        with torch.no_grad():
-            hit = lookup() if expect_hit else None
-            expect_hit = False  # only a call's first evaluation can be a repeat
-            if hit is None:
-                f, gW, gb = evaluate(W, b)
-                evals += 1
-                bm = None if b is None else b.detach().clone()
-                memo.append((W.detach().clone(), bm, f, gW, gb))
-                del memo[:-4]
-            else:
-                f, gW, gb = hit
-            W.grad = gW
-            if b is not None:
-                b.grad = gb
-        return torch.tensor(f, dtype=torch.float64)
-
-    state = opt.state[W]
-    group = opt.param_groups[0]
     values: list[float] = []
-    while True:
-        # the call's own first evaluation is the memo hit; the rest of the evaluation
-        # budget is what one long call would have left for this line search
-        group["max_eval"] = 1 + 2 * max_iter - max(evals, 1)
-        expect_hit = evals > 0  # the first call's first evaluation is a real one
-        used = evals
-        opt.step(closure)
-        n_iter = int(state.get("n_iter", 0))
-        if evals == used:
-            break  # converged at the start (gradient), or no descent direction left
-        hit = lookup()
-        if hit is None:  # the accepted trial was more than 4 evaluations back: re-evaluate
-            closure()
-            hit = lookup()
-            assert hit is not None
-        f, gW, gb = hit
-        values.append(f)
-        if n_iter >= max_iter or evals >= 2 * max_iter:
-            break
-        grad_max = float(gW.abs().max())
-        if gb is not None:
-            grad_max = max(grad_max, float(gb.abs().max()))
-        if grad_max <= tol * 1e-3:
-            break
-        if float(state["d"].mul(state["t"]).abs().max()) <= tol:
-            break
-        if abs(f - float(state["prev_loss"])) < tol:
-            break
-        if stall_tol > 0 and stalled(values, window, stall_tol):
-            break
-    return int(state.get("n_iter", 0))
+    n_iter = 0
+    with torch.no_grad():
+        x[:q].copy_(W.reshape(-1))
+        if b is not None:
+            x[q:].copy_(b)
+        f, g = at(x)
+        if float(g.abs().max()) > tol * 1e-3:
+            hist = LbfgsHistory(LBFGS_HISTORY, n, x.dtype, x.device)
+            d = g.neg()
+            t = min(1.0, 1.0 / float(g.abs().sum()))
+            g_prev = g
+            while True:
+                n_iter += 1
+                if n_iter > 1:
+                    d = hist.direction(g, (d.mul(t), g.sub(g_prev)))
+                    t = 1.0
+                g_prev, f_prev = g, f
+                gtd = g.dot(d)
+                if gtd > -tol:
+                    break
+                f, g, t, _ = _strong_wolfe(along, x, t, d, f, g, gtd, max_ls=2 * max_iter - evals)
+                t = float(t)
+                x.add_(d, alpha=t)
+                values.append(f)
+                if n_iter >= max_iter or evals >= 2 * max_iter:
+                    break
+                if float(g.abs().max()) <= tol * 1e-3:
+                    break
+                if float(d.abs().max()) * abs(t) <= tol:
+                    break
+                if abs(f - f_prev) < tol:
+                    break
+                if stall_tol > 0 and stalled(values, window, stall_tol):
+                    break
+        W.copy_(x[:q].view(W.shape))
+        if b is not None:
+            b.copy_(x[q:])
+    return n_iter
 
 
 def stalled(values: list[float], window: int, stall_tol: float) -> bool:
@@ -800,6 +857,37 @@ def lower_transposed_product(
     return G
 
 
+def pair_matrix(pattern: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The sparse (CSR) matrix with ``pattern``'s structure and ``values``."""
+    return _csr(pattern.crow_indices(), pattern.col_indices(), values, pattern.shape[0])
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch flags CSR support as beta on first use
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        # built by pair_pattern: sorted, in range, so torch's invariant checks are skipped
+        return torch.sparse_csr_tensor(crow, col, values, (n, n), check_invariants=False)
+
+
+def pair_pattern(
+    tloc: np.ndarray, n: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The symmetric sparsity pattern (n x n CSR, float64 zeros) of the pairs ``(a, b)``,
+    ``(a, c)``, ``(b, c)`` of every triplet and their mirrors, and ``slot`` (6m,): where
+    in the pattern's values each pair lies, first the m triplets' ``ab, ac, bc`` in
+    order, then the mirrored ``ba, ca, cb``. ``A En`` with the pair weights at ``slot``
+    is the gradient's scatter, the pattern's entries of ``En En^T`` the similarities,
+    both without an (m, 3, q) copy of the triplets' rows."""
+    t = torch.as_tensor(tloc, dtype=torch.int64)
+    first, second = t[:, [0, 0, 1]].reshape(-1), t[:, [1, 2, 2]].reshape(-1)
+    key = torch.cat([first * n + second, second * n + first])
+    entries, slot = torch.unique(key, return_inverse=True)  # sorted: row-major CSR order
+    crow = torch.zeros(n + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(entries // n, minlength=n), 0)
+    pattern = _csr(crow, entries % n, torch.zeros(entries.shape[0], dtype=torch.float64), n)
+    return pattern.to(device), slot.to(device)
+
+
 class TripletObjective:
     """The full-batch objective ``f(x) = data(W, b) + reg * R(W)`` and its gradient.
 
@@ -843,8 +931,7 @@ class TripletObjective:
         dev = fit.device
         self.Xs = torch.as_tensor(Xs, dtype=self.dt, device=dev)
         self.blocks = triangular_blocks(self.Xs) if lower else []
-        t = torch.as_tensor(tloc, device=dev)
-        self.ta, self.tb, self.tc = t[:, 0], t[:, 1], t[:, 2]
+        self.pattern, self.pair_slot = pair_pattern(tloc, self.Xs.shape[0], dev)
         self.w = torch.as_tensor(counts / counts.sum(), dtype=torch.float64, device=dev)
         q = self.Xs.shape[1]
         self.shape = (q, q)
@@ -881,9 +968,9 @@ class TripletObjective:
             En = E64 / scale
         else:
             En = E64
-        ta, tb, tc = self.ta, self.tb, self.tc
-        Ea, Eb, Ec = En[ta], En[tb], En[tc]
-        S = torch.stack(((Ea * Eb).sum(1), (Ea * Ec).sum(1), (Eb * Ec).sum(1)), dim=1)
+        # s_ab, s_ac, s_bc: the entries of En En^T at the triplets' pairs only
+        K = torch.sparse.sampled_addmm(self.pattern, En, En.T, beta=0.0)
+        S = K.values()[self.pair_slot[: self.pair_slot.shape[0] // 2]].view(-1, 3)
         # a fit in float32 must fail where float32 similarities would overflow, even
         # though they are summed in float64 here (no silent rescue by the wider type)
         fit.check_finite("similarities", S if self.dt == torch.float64 else S.to(self.dt))
@@ -891,11 +978,12 @@ class TripletObjective:
         G = torch.softmax(S, dim=1)
         G[:, 0] -= 1.0
         G *= self.w[:, None]
-        g_ab, g_ac, g_bc = G[:, 0:1], G[:, 1:2], G[:, 2:3]
-        dEn = torch.zeros_like(En)
-        dEn.index_add_(0, ta, g_ab * Eb + g_ac * Ec)
-        dEn.index_add_(0, tb, g_ab * Ea + g_bc * Ec)
-        dEn.index_add_(0, tc, g_ac * Ea + g_bc * Eb)
+        # dE_a = g_ab e_b + g_ac e_c (likewise b, c): dEn = A En with A the symmetric
+        # sparse matrix of the pair weights (a pair in several triplets: their sum)
+        g = G.reshape(-1)
+        weights = torch.zeros_like(K.values())
+        weights.index_add_(0, self.pair_slot, torch.cat([g, g]))
+        dEn = pair_matrix(self.pattern, weights) @ En
         if fit.o.normalize:
             radial = (dEn * En).sum(1, keepdim=True)
             dE = torch.where(nrm > 1e-12, dEn - En * radial, dEn) / scale
