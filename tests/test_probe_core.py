@@ -417,3 +417,25 @@ def test_pair_pattern_gives_the_triplets_similarities_and_the_gradients_scatter(
     assert pattern.values().shape[0] == 2 * len(
         {tuple(sorted(p)) for t in tloc for p in [(t[0], t[1]), (t[0], t[2]), (t[1], t[2])]}
     )
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_the_seeded_start_is_shared_read_only_and_a_fit_leaves_it_alone(optimizer):
+    """The normal start is drawn once per (seed, p) and handed out read-only; a float64
+    fit (Adam steps its W in place; L-BFGS with a bias optimises W itself) copies it, so
+    the next fit of a grid starts from the same draw, and a caller's warm start is not
+    written either."""
+    X, T = tiny(n=12, p=5, m=80, seed=21)
+    opts = dict(reg=0.02, bias=True, dtype="float64", optimizer=optimizer, max_iter=5)
+    W0 = core.initial_weights("normal", 1.0, 7, 5)
+    assert not W0.flags.writeable
+    assert core.initial_weights("normal", 1.0, 7, 5) is W0  # shared, not redrawn
+    before = W0.copy()
+    first = TripletProbe(seed=7, **opts).fit(X, T)
+    np.testing.assert_array_equal(core.initial_weights("normal", 1.0, 7, 5), before)
+    assert not np.array_equal(first.weights_, before)  # the fit moved away from it
+    again = TripletProbe(seed=7, **opts).fit(X, T)
+    np.testing.assert_array_equal(again.weights_, first.weights_)
+    start = np.eye(5)
+    TripletProbe(**opts).fit(X, T, init_weights=start)
+    np.testing.assert_array_equal(start, np.eye(5))
