@@ -95,8 +95,11 @@ def test_open_clip_random_init_towers(clip):
     dim = open_clip.get_model_config(CLIP_ARCH)["embed_dim"]
     assert img.shape == (2, dim) and txt.shape == (3, dim)
     assert img.dtype == np.float32 and np.isfinite(img).all() and np.isfinite(txt).all()
+    # a reload draws the same towers: the same batch gives the same bits (the same
+    # images in another batch size may differ in the last bits: MKL's kernels on an
+    # AVX-512 CPU block a batch of one differently, 1.5e-6 seen)
     again = load_model(f"open_clip/{CLIP_ARCH}@random", device="cpu")
-    assert np.array_equal(again.embed([skdata.chelsea()])["penultimate"], img[:1])
+    assert np.array_equal(again.embed([skdata.chelsea(), skdata.coffee()])["penultimate"], img)
 
 
 def test_open_clip_preprocessing_equals_its_own_transform(clip):
