@@ -9,6 +9,7 @@ are tiny and part of the probe's mutation-testing selection (tools/mutation.py).
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -439,3 +440,112 @@ def test_the_seeded_start_is_shared_read_only_and_a_fit_leaves_it_alone(optimize
     start = np.eye(5)
     TripletProbe(**opts).fit(X, T, init_weights=start)
     np.testing.assert_array_equal(start, np.eye(5))
+
+
+def _quadratic(target: torch.Tensor, curv: torch.Tensor | float = 1.0):
+    def evaluate(W, b):
+        D = W - target
+        return float(0.5 * (curv * D * D).sum()), curv * D, None
+
+    return evaluate
+
+
+def test_lbfgs_start_rule_is_the_largest_gradient_entry_against_tol_times_1e_3():
+    """Before any iteration: a start whose largest gradient entry is AT tol * 1e-3 is
+    already a solution (no iteration, W untouched), though the gradient's 2-norm (3e-3)
+    is above it; one at 0.5 (above 1e-3, below tol) is not."""
+    W = torch.zeros(3, 3, dtype=torch.float64)
+    calls = []
+
+    def at_limit(W_, b_):
+        calls.append(1)
+        return _quadratic(torch.full((3, 3), 1e-3, dtype=torch.float64))(W_, b_)
+
+    assert core.lbfgs_minimise([W], at_limit, max_iter=50, tol=1.0, stall_tol=0.0) == 0
+    assert len(calls) == 1 and torch.equal(W, torch.zeros(3, 3, dtype=torch.float64))
+    target = torch.full((3, 3), 0.5, dtype=torch.float64)
+    n = core.lbfgs_minimise([W], _quadratic(target), max_iter=50, tol=1.0, stall_tol=0.0)
+    assert n >= 1 and bool((W > 0).all())  # it moved toward the target
+
+
+def test_lbfgs_descent_test_ends_only_when_g_d_is_above_minus_tol():
+    """torch's rule: no descent left when g.d > -tol. One parameter, f = (w - 0.5)^2 / 2
+    from w = 0: g = -0.5, d = 0.5, g.d = -0.25 = -tol exactly, which still descends: the
+    first step (t = min(1, 1/|g|_1) = 1) lands on the optimum."""
+    W = torch.zeros(1, 1, dtype=torch.float64)
+    target = torch.full((1, 1), 0.5, dtype=torch.float64)
+    core.lbfgs_minimise([W], _quadratic(target), max_iter=5, tol=0.25, stall_tol=0.0)
+    assert float(W) == 0.5
+
+
+def test_lbfgs_step_rule_stops_at_the_first_step_whose_largest_entry_is_at_most_tol():
+    """A steep quadratic (curvatures 1e6 .. 1e8, 400 entries): the gradient and the loss
+    change stay far above their limits while the steps shrink, so the step rule (largest
+    entry of t d <= tol, not the step's 2-norm, up to 20 times larger) ends the fit,
+    at the first such step; replayed by capping the iterations."""
+    p, tol = 20, 1e-7
+    curv = torch.from_numpy(np.logspace(6, 8, p * p).reshape(p, p))
+    target = torch.from_numpy(np.linspace(-1.0, 1.0, p * p).reshape(p, p))
+    evaluate = _quadratic(target, curv)
+    W = torch.zeros(p, p, dtype=torch.float64)
+    n = core.lbfgs_minimise([W], evaluate, max_iter=300, tol=tol, stall_tol=0.0)
+    iterates = []
+    for k in range(n + 1):
+        Wk = torch.zeros(p, p, dtype=torch.float64)
+        if k:
+            core.lbfgs_minimise([Wk], evaluate, max_iter=k, tol=tol, stall_tol=0.0)
+        iterates.append(Wk)
+    assert torch.equal(iterates[-1], W)
+    steps = [float((b - a).abs().max()) for a, b in itertools.pairwise(iterates)]
+    assert steps[-1] <= tol and all(s > tol for s in steps[:-1])
+    f_last, g_last, _ = evaluate(W, None)
+    assert float(g_last.abs().max()) > tol * 1e-3  # not the gradient rule
+    assert abs(evaluate(iterates[-2], None)[0] - f_last) >= tol  # nor the loss change
+
+
+def test_lbfgs_history_skips_a_pair_with_curvature_exactly_1e_minus_10():
+    """torch's rule keeps a pair only when s.y > 1e-10: at exactly 1e-10 it is skipped."""
+    hist = core.LbfgsHistory(2, 2, torch.float64, torch.device("cpu"))
+    s = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    y = torch.tensor([1e-10, 0.0], dtype=torch.float64)  # s.y == 1e-10 exactly
+    g = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    d = hist.direction(g, (s, y))
+    assert hist.order == []
+    assert torch.equal(d, -g)
+
+
+def test_pair_pattern_with_an_unused_last_row_and_int64_indices():
+    """Rows no pair touches (here the last two) are empty rows of the n x n pattern; the
+    pattern's indices are int64 (a float index would stop addressing entries past 2^24,
+    about 2.8 M distinct triplets)."""
+    tloc = np.array([[0, 1, 2], [2, 3, 1]])
+    pattern, slot = core.pair_pattern(tloc, 6, torch.device("cpu"))
+    assert pattern.shape == (6, 6)
+    assert (
+        pattern.crow_indices().dtype == torch.int64 and pattern.col_indices().dtype == torch.int64
+    )
+    assert pattern.crow_indices().tolist() == [0, 2, 5, 8, 10, 10, 10]
+    E = torch.from_numpy(np.random.default_rng(1).normal(size=(6, 3)))
+    K = torch.sparse.sampled_addmm(pattern, E, E.T, beta=0.0)
+    np.testing.assert_allclose(K.values()[slot[:3]].numpy(), (E[[0, 0, 1]] * E[[1, 2, 2]]).sum(1))
+
+
+def test_a_probe_fit_in_a_fresh_process_raises_no_warning():
+    """torch warns on the first sparse CSR tensor of a process (beta support; invariant
+    checks not chosen): the probe builds its pattern without either warning reaching the
+    user. A fresh interpreter, since torch warns once per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from align.metrics.probe import TripletProbe\n"
+        "rng = np.random.default_rng(0)\n"
+        "X = rng.normal(size=(8, 3))\n"
+        "T = np.array([[0, 1, 2], [3, 4, 5], [5, 6, 7], [1, 3, 7]])\n"
+        "TripletProbe(max_iter=3).fit(X, T)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -229,24 +229,27 @@ def test_lbfgs_follows_torchs_lbfgs_to_rounding(bias, problem, max_iter, start):
         assert n1 == 3
 
 
-def test_lbfgs_gradient_rule_stops_at_tol_times_1e_3_and_not_before():
+@pytest.mark.parametrize("p", [3, 20])
+def test_lbfgs_gradient_rule_stops_at_tol_times_1e_3_and_not_before(p):
     """A flat, badly scaled quadratic (curvatures 1e-10 .. 1e-8, optimum at 1e9): the
     loss still falls by more than tol = 1 per iteration when the largest gradient entry
     reaches tol * 1e-3, so the gradient rule is the one that ends the fit, there and
-    not earlier (the start's gradient, <= 10, is below 1e3: a looser rule stops at once)."""
-    curv = torch.from_numpy(np.logspace(-10, -8, 9).reshape(3, 3))
+    not earlier (the start's gradient, <= 10, is below 1e3: a looser rule stops at once).
+    At p = 20 (400 entries) the gradient's 2-norm is up to 20 times its largest entry:
+    the rule is on the largest entry, not on the norm."""
+    curv = torch.from_numpy(np.logspace(-10, -8, p * p).reshape(p, p))
     target = 1e9
 
     def evaluate(W, b):
         D = W - target
         return float(0.5 * (curv * D * D).sum()), curv * D, None
 
-    W = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    W = torch.zeros(p, p, dtype=torch.float64, requires_grad=True)
     n = core.lbfgs_minimise([W], evaluate, max_iter=200, tol=1.0, stall_tol=0.0)
     g = evaluate(W.detach(), None)[1]
     assert n >= 2 and float(g.abs().max()) <= 1e-3
     # one iteration fewer: the gradient was still above the threshold
-    W1 = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    W1 = torch.zeros(p, p, dtype=torch.float64, requires_grad=True)
     core.lbfgs_minimise([W1], evaluate, max_iter=n - 1, tol=1.0, stall_tol=0.0)
     assert float(evaluate(W1.detach(), None)[1].abs().max()) > 1e-3
 

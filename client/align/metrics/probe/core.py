@@ -326,20 +326,21 @@ class LbfgsHistory:
     The two-loop recursion reads every pair twice and rewrites ``q`` 2k times: 4k vector
     passes of memory traffic per iteration, which at 20 pairs of r^2 = 340k floats cost
     more than the objective. Here the pairs live in two ring buffers (rows of ``S`` and
-    ``Y``) with their inner products ``S Y^T`` and ``Y Y^T`` kept (float64, k x k), so
-    the same recursion runs on scalars: one pass over the buffers gives ``S g``, ``Y g``
-    (and the new pair's products), a second writes ``d = -gamma g - gamma Y^T alpha +
-    S^T (alpha - beta)``. The direction equals the two-loop's up to rounding (tested).
+    ``Y``) with their inner products kept (float64, k x k: ``s_i . y_j`` for ``i`` older
+    than ``j``, the only ones the recursion reads, and ``Y Y^T``), so the same recursion
+    runs on scalars: one pass over the buffers gives ``S [g, y_new]`` and ``Y [g, y_new]``,
+    a second writes ``d = -gamma g - gamma Y^T alpha + S^T (alpha - beta)``. The direction
+    equals the two-loop's up to rounding (tested).
     """
 
     def __init__(self, size: int, n: int, dtype: torch.dtype, device: torch.device) -> None:
         self.size = size
         self.S = torch.empty((size, n), dtype=dtype, device=device)
         self.Y = torch.empty((size, n), dtype=dtype, device=device)
-        self.rhs = torch.empty((3, n), dtype=dtype, device=device)  # g, y, s: one pass
+        self.rhs = torch.empty((2, n), dtype=dtype, device=device)  # g, y: one pass
         self.order: list[int] = []  # ring slots, oldest pair first
         self.rho = np.zeros(size)
-        self.SY = np.zeros((size, size))  # SY[i, j] = s_i . y_j, by slot
+        self.SY = np.zeros((size, size))  # SY[i, j] = s_i . y_j, by slot, i older than j
         self.YY = np.zeros((size, size))
         self.gamma = 1.0
 
@@ -360,8 +361,7 @@ class LbfgsHistory:
                 self.rho[slot] = 1.0 / ys
                 self.order.append(slot)
                 self.rhs[1].copy_(y)
-                self.rhs[2].copy_(s)
-                rows = 3
+                rows = 2
         k = len(self.order)
         if k == 0:
             return torch.mul(g, -self.gamma)
@@ -369,9 +369,8 @@ class LbfgsHistory:
         rhs = self.rhs[:rows]  # (rows, n) @ (n, k): one pass over each buffer
         PS = (rhs @ self.S[:k].T).T.to("cpu", torch.float64).numpy()
         PY = (rhs @ self.Y[:k].T).T.to("cpu", torch.float64).numpy()
-        if rows == 3:
-            self.SY[:k, slot] = PS[:, 1]  # s_i . y_new
-            self.SY[slot, :k] = PY[:, 2]  # s_new . y_j
+        if rows == 2:
+            self.SY[:k, slot] = PS[:, 1]  # s_i . y_new (the recursion reads only s_old . y_new)
             self.YY[:k, slot] = PY[:, 1]
             self.YY[slot, :k] = PY[:, 1]
             self.gamma = (1.0 / self.rho[slot]) / self.YY[slot, slot]
