@@ -359,7 +359,7 @@ def cross_validate_probe(
     ``W = 0``: :func:`collapsed_start`) instead of the seeded init. Same objective, but
     in the over-fitting regime (small lambda, a non-convex objective with flat
     directions) it ends in other optima: measured on the THINGS bench (2026-12-02) it
-    is 2x faster yet its held-out cross-entropy is higher than the cold path's by more
+    is 2-3x faster yet its held-out cross-entropy is higher than the cold path's by more
     than the cold path's own run-to-run spread at lambda <= 0.1, so it stays opt-in
     (bench/README.md, "Issue 14", probe).
     """
