@@ -10,6 +10,7 @@ are tiny and part of the probe's mutation-testing selection (tools/mutation.py).
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 
 import numpy as np
@@ -549,3 +550,20 @@ def test_a_probe_fit_in_a_fresh_process_raises_no_warning():
         [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_abs_is_the_infinity_norm_whichever_sign_is_largest(dtype):
+    """max_abs, which decides L-BFGS's gradient and step rules, is vector_norm(v, inf)
+    exactly: the largest entry negative, positive, a single entry, all equal, zeros."""
+    rng = np.random.default_rng(11)
+    v = torch.from_numpy(rng.normal(size=1001)).to(dtype)
+    cases = [v, v.neg(), torch.tensor([-3.5], dtype=dtype), torch.full((4,), 2.0, dtype=dtype)]
+    cases.append(torch.zeros(3, dtype=dtype))
+    w = v.clone()
+    w[17] = -50.0
+    w[900] = 49.0
+    cases.append(w)
+    for c in cases:
+        assert core.max_abs(c) == float(torch.linalg.vector_norm(c, math.inf))
+    assert core.max_abs(w) == 50.0
