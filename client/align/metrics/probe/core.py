@@ -375,17 +375,18 @@ class LbfgsHistory:
             self.YY[slot, :k] = PY[:, 1]
             self.gamma = (1.0 / self.rho[slot]) / self.YY[slot, slot]
         sg, yg = PS[:, 0], PY[:, 0]
-        # the two loops on the pairs in age order (position 0 the oldest), each a
-        # triangular substitution with U the strictly upper part of [s_a . y_b]
+        # the two loops on the pairs in age order (position 0 the oldest): each reads
+        # only SYo[a, b] = s_a . y_b with a older than b (the entries below are stale)
         idx, gamma = np.array(self.order), self.gamma
-        U, rho = np.triu(self.SY[np.ix_(idx, idx)], 1), self.rho[idx]
+        age = np.ix_(idx, idx)
+        SYo, rho = self.SY[age], self.rho[idx]
         alpha, sgo = np.zeros(k), sg[idx]
         for a in range(k - 1, -1, -1):  # newest to oldest: q = -g - sum alpha_b y_b
-            alpha[a] = rho[a] * (-sgo[a] - U[a, a + 1 :] @ alpha[a + 1 :])
-        base = gamma * (-yg[idx] - self.YY[np.ix_(idx, idx)] @ alpha)  # y_a . gamma q
+            alpha[a] = rho[a] * (-sgo[a] - SYo[a, a + 1 :] @ alpha[a + 1 :])
+        base = gamma * (-yg[idx] - self.YY[age] @ alpha)  # y_a . gamma q
         beta = np.zeros(k)
         for a in range(k):  # oldest to newest: r += (alpha_a - beta_a) s_a
-            beta[a] = rho[a] * (base[a] + U[:a, a] @ (alpha[:a] - beta[:a]))
+            beta[a] = rho[a] * (base[a] + SYo[:a, a] @ (alpha[:a] - beta[:a]))
         cs, cy = np.zeros(k), np.zeros(k)  # by ring slot
         cs[idx], cy[idx] = alpha - beta, -gamma * alpha
         dt = self.S.dtype
