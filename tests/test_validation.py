@@ -103,6 +103,41 @@ def test_triplets_accept_whole_floats_and_return_int64() -> None:
     assert out.tolist() == [[0, 1, 2], [4, 3, 2]]
 
 
+@pytest.mark.parametrize(
+    ("bad", "row", "problem"),
+    [
+        # a repeat in a later block, another one later still: the first row is named
+        ({(1 << 14) + 5: [7, 7, 1], 3 * (1 << 14): [2, 0, 2]}, (1 << 14) + 5, "repeats"),
+        # a repeat in an early block, out of range in a later one: range is checked first
+        ({3: [4, 4, 1], 2 * (1 << 14) + 1: [0, 1, 50]}, 2 * (1 << 14) + 1, "out of range"),
+        ({(1 << 14) - 1: [-3, 1, 2]}, (1 << 14) - 1, "out of range"),
+        ({3 * (1 << 14) + 9: [0, 1, 49]}, None, None),  # the largest index is in range
+    ],
+)
+def test_triplet_scan_over_blocks_agrees_with_whole_array_checks(
+    bad: dict[int, list[int]], row: int | None, problem: str | None
+) -> None:
+    """The block-by-block scan (several blocks here) refuses exactly what the plain
+    whole-array rules refuse, naming the same row."""
+    rng = np.random.default_rng(0)
+    T = np.stack([rng.permutation(np.arange(3)) + 3 * rng.integers(0, 16, 3) for _ in range(4)])
+    T = np.tile(T, ((3 * (1 << 14) + 20) // 4, 1))
+    for r, v in bad.items():
+        T[r] = v
+    n = 50
+    out_of_range = np.flatnonzero(((T < 0) | (T >= n)).any(axis=1))
+    repeats = np.flatnonzero((T[:, 0] == T[:, 1]) | (T[:, 0] == T[:, 2]) | (T[:, 1] == T[:, 2]))
+    expected = out_of_range[0] if out_of_range.size else (repeats[0] if repeats.size else None)
+    assert expected == row  # the reference agrees with the case as written
+    if row is None:
+        assert np.array_equal(check_triplets(T, n), T)
+        return
+    with pytest.raises(InvalidInputError) as err:
+        check_triplets(T, n, "t")
+    assert err.value.field == f"t[{row}]"
+    assert problem is not None and problem in err.value.problem
+
+
 def test_present_refuses_triplets_over_missing_rows() -> None:
     T = np.array([[0, 1, 2], [1, 3, 4]])
     check_present(T, np.zeros(5, dtype=bool))  # nothing missing: accepted

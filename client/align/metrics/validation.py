@@ -127,20 +127,45 @@ def check_triplets(triplets: object, n_objects: int, field: str = "triplets") ->
     elif arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise InvalidInputError(field, f"has dtype {arr.dtype}", "integer indices")
     out = np.ascontiguousarray(arr, dtype=np.int64)
-    if out.min() < 0 or out.max() >= n_objects:  # two reductions; locate only on failure
+    lowest, highest, repeat = _scan_triplets(out)
+    if lowest < 0 or highest >= n_objects:  # located only on failure
         row = int(np.argwhere((out < 0) | (out >= n_objects))[0, 0])
         raise InvalidInputError(
             f"{field}[{row}]",
             f"is {out[row].tolist()}, out of range",
             f"0-based indices in [0, {n_objects}) (one per stimulus row)",
         )
-    same = (out[:, 0] == out[:, 1]) | (out[:, 0] == out[:, 2]) | (out[:, 1] == out[:, 2])
-    if same.any():
-        row = int(np.argwhere(same)[0, 0])
+    if repeat >= 0:
         raise InvalidInputError(
-            f"{field}[{row}]", f"repeats a stimulus: {out[row].tolist()}", "three distinct objects"
+            f"{field}[{repeat}]",
+            f"repeats a stimulus: {out[repeat].tolist()}",
+            "three distinct objects",
         )
     return out
+
+
+#: Rows per block of :func:`_scan_triplets` (3 int64 columns: 384 KiB, within L2).
+_SCAN_ROWS = 1 << 14
+
+
+def _scan_triplets(out: np.ndarray) -> tuple[int, int, int]:
+    """``(smallest index, largest index, first row repeating a stimulus or -1)`` of
+    ``out`` (m, 3) int64, in one pass of cache-sized blocks: at THINGS scale (4.7 M
+    triplets) the whole-array reductions and column comparisons read the 113 MB five
+    times over (20 ms, a tenth of a zero-shot pass); block by block they read it once."""
+    lowest = highest = int(out[0, 0])
+    repeat = -1
+    for start in range(0, out.shape[0], _SCAN_ROWS):
+        block = out[start : start + _SCAN_ROWS]
+        lowest, highest = min(lowest, int(block.min())), max(highest, int(block.max()))
+        if repeat < 0:
+            a, b, c = block[:, 0], block[:, 1], block[:, 2]
+            same = a == b
+            same |= a == c
+            same |= b == c
+            if same.any():
+                repeat = start + int(np.argmax(same))
+    return lowest, highest, repeat
 
 
 def check_present(triplets: np.ndarray, missing: np.ndarray, field: str = "triplets") -> None:
