@@ -6,6 +6,7 @@ timm's own eval transform, timm's own forward pass, PIL's decoders.
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from pathlib import Path
@@ -76,6 +77,25 @@ def test_penultimate_is_pooled_pre_logits_of_timm_forward(lite0, photos):
         logits = lite0.module(x)
     np.testing.assert_allclose(out["penultimate"], pooled.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_runs_nhwc_and_agrees_with_timms_own_nchw_forward(lite0, photos):
+    """On the CPU the registry's families run their convolutions on NHWC (channels_last)
+    activations, the faster layout (bench/README.md, "Engine"): the rows equal timm's
+    default NCHW forward up to float32 rounding and, on one thread, do not depend on the
+    batch they are embedded in."""
+    assert lite0.module.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(lite0.module).to(memory_format=torch.contiguous_format)
+    assert not plain.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.stack(
+        [torch.from_numpy(preprocess(Image.fromarray(a), lite0.spec.preprocessing)) for a in photos]
+    )
+    with torch.inference_mode():
+        ref = plain.forward_head(plain.forward_features(x), pre_logits=True).numpy()
+    out = lite0.embed(photos, batch_size=3)["penultimate"]
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))
+    alone = np.concatenate([lite0.embed([a], batch_size=1)["penultimate"] for a in photos])
+    assert np.array_equal(alone, out)
 
 
 def test_embeddings_are_bitwise_deterministic(lite0, photos):

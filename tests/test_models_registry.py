@@ -177,6 +177,32 @@ def test_features_wrong_rows_and_corrupt_files(tmp_path):
         get_spec(f"features:{tmp_path / 'v.npy'}")
 
 
+def test_from_torch_keeps_nchw_on_the_cpu_for_modules_that_view_their_activations():
+    """A module of unknown code may ``.view()`` a conv's output, which NHWC activations
+    refuse: on the CPU ``from_torch`` keeps the module's own layout."""
+
+    class ViewsActivations(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 3, stride=4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(x)
+            return h.view(h.shape[0], -1)  # NCHW-contiguous only
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = ViewsActivations()
+    h = net.conv(torch.ones(1, 3, 16, 16)).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="view"):  # what NHWC would do to this module
+        h.view(1, -1)
+    pre = Preprocessing.from_config(16, 1.0, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    model = from_torch(net, pre, id="torch/views", device="cpu")
+    out = model.embed([np.full((20, 20, 3), 255, np.uint8)])["penultimate"]
+    with torch.inference_mode():
+        np.testing.assert_allclose(out, net(torch.ones(1, 3, 16, 16)).numpy(), atol=1e-6)
+
+
 def test_from_torch_module_runs_on_the_engine():
     with torch.random.fork_rng():
         torch.manual_seed(0)

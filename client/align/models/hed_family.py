@@ -203,7 +203,7 @@ def load(spec: ModelSpec, device: torch.device | str | None = None) -> ImageMode
 
     named: dict[str, Any] = {f"stage{k}": _take(f"stage{k}") for k in range(1, 6)}
     named = {"penultimate": _take("stage5"), **named}
-    return ImageModel(spec, model, forward, named, device)
+    return ImageModel(spec, model, forward, named, device, channels_last=True)
 
 
 def _take(name: str) -> Any:

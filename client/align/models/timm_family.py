@@ -190,4 +190,4 @@ def load(spec: ModelSpec, device: torch.device | str | None = None) -> ImageMode
         "avgpool": lambda c: c["features"][:, n_prefix:].mean(dim=1),
     }
     named = {k: v for k, v in named.items() if k in spec.layers}
-    return ImageModel(spec, model, forward, named, device)
+    return ImageModel(spec, model, forward, named, device, channels_last=True)
