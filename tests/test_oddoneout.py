@@ -150,6 +150,18 @@ def test_pairwise_similarities_match_loop(similarity: str, path: str) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
+def test_a_row_whose_squared_norm_underflows_has_cosine_zero(path: str) -> None:
+    """A zero-norm row has cosine 0 with anything (module docstring). A row of 1e-170
+    has a squared norm that underflows to 0 while its dot product with a row of 1e100
+    does not (1e-70): its cosine is 0 all the same, never the dot product left over."""
+    X = np.array([[1e-170, 0.0], [1e100, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    got = pairwise_triplet_similarities(X, [[0, 1, 2], [1, 2, 3]], "cosine")
+    assert float(X[0] @ X[1]) != 0.0 and float(X[0] @ X[0]) == 0.0  # the case as built
+    assert got[0, :2].tolist() == [0.0, 0.0]
+    np.testing.assert_allclose(got[0, 2], 0.0, atol=1e-15)  # 1e100 vs a unit y: ~1e-100
+    np.testing.assert_allclose(got[1], [1e-100, 2**-0.5, 2**-0.5], rtol=1e-12, atol=1e-15)
+
+
 # --------------------------------------------------------------------------- real data
 
 

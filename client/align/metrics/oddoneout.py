@@ -114,17 +114,29 @@ def _distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _finish(dot: np.ndarray, sq_i: np.ndarray, sq_j: np.ndarray, similarity: str) -> np.ndarray:
-    """Turn dot products (and squared norms of both sides) into the similarity."""
+    """Turn dot products (and squared norms of both sides) into the similarity.
+
+    ``dot`` is overwritten (both callers pass a fresh array): at THINGS scale each fresh
+    1854 x 1854 temporary costs its page faults as well as its pass over memory. The
+    operations and their order are those of the plain expressions, so the floats are the
+    same: ``dot / (sqrt(sq_i) sqrt(sq_j))`` (0 where a norm is 0) and
+    ``-sqrt(max((sq_i + sq_j) - 2 dot, 0))``."""
     if similarity == "dot":
         return dot
     if similarity == "cosine":
         denom = np.sqrt(sq_i) * np.sqrt(sq_j)
-        out = np.zeros_like(dot)
-        np.divide(dot, denom, out=out, where=denom > 0)
-        return out
-    d2 = sq_i + sq_j - 2.0 * dot
+        positive = denom > 0
+        np.divide(dot, denom, out=dot, where=positive)
+        if not positive.all():
+            dot[~positive] = 0.0
+        return dot
+    d2 = sq_i + sq_j
+    dot *= 2.0  # exact (a power of two)
+    d2 -= dot
     np.maximum(d2, 0.0, out=d2)
-    return -np.sqrt(d2)
+    np.sqrt(d2, out=d2)
+    np.negative(d2, out=d2)
+    return d2
 
 
 def _similarity_matrix(Xu: np.ndarray, similarity: str) -> np.ndarray:
