@@ -274,13 +274,13 @@ class ImageModel(EmbeddingModel):
         self._lock = threading.Lock()
         self._cuda = self.device.type == "cuda"
         # NHWC (channels_last) activations: the layout cuDNN and oneDNN's CPU convolutions
-        # run fastest in (bench/README.md, "Engine": EfficientNet-Lite0 1.2-1.75x on one CPU
-        # thread, VGG16 1.3x, ResNet-50 1.1x; transformers unchanged). On the CPU the rows
-        # differ from NCHW's at float32 rounding (~1e-6 relative, as one thread against
-        # two does) and, on one thread, as NCHW's do, not on the batch they are in (tested).
-        # None: on CUDA only,
-        # because a module of unknown code may .view() its activations, which NHWC
-        # refuses; the registry's families, whose code is known, pass True.
+        # run fastest in (bench/README.md, "Second run, 2026-12-03": EfficientNet-Lite0
+        # 1.2-1.75x on one CPU thread, VGG16 1.3x, ResNet-50 1.1x, transformers 1.0x). On
+        # the CPU the rows differ from NCHW's at float32 rounding (~1e-6 of scale, as one
+        # thread against two does) and, on one thread, do not depend on the batch they are
+        # in (tested). None: on CUDA only, because a module of unknown code may .view()
+        # its activations, which NHWC refuses; the registry's families, whose code is
+        # known, pass True.
         self._channels_last = self._cuda if channels_last is None else bool(channels_last)
         if self._channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
