@@ -81,9 +81,9 @@ def test_penultimate_is_pooled_pre_logits_of_timm_forward(lite0, photos):
 
 def test_cpu_runs_nhwc_and_agrees_with_timms_own_nchw_forward(lite0, photos):
     """On the CPU the registry's families run their convolutions on NHWC (channels_last)
-    activations, the faster layout (bench/README.md, "Engine"): the rows equal timm's
-    default NCHW forward up to float32 rounding and, on one thread, do not depend on the
-    batch they are embedded in."""
+    activations, the faster layout (bench/README.md, "Second run, 2026-12-03"): the rows
+    equal timm's default NCHW forward up to float32 rounding and, on one thread, do not
+    depend on the batch they are embedded in."""
     assert lite0.module.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     plain = copy.deepcopy(lite0.module).to(memory_format=torch.contiguous_format)
     assert not plain.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from align.errors import InvalidInputError, NumericalError
 from align.metrics.validation import (
+    _SCAN_ROWS,
     check_bool,
     check_choice,
     check_features,
@@ -103,15 +104,19 @@ def test_triplets_accept_whole_floats_and_return_int64() -> None:
     assert out.tolist() == [[0, 1, 2], [4, 3, 2]]
 
 
+B = _SCAN_ROWS
+
+
 @pytest.mark.parametrize(
     ("bad", "row", "problem"),
     [
+        # B = _SCAN_ROWS, the scan's block: the cases span several blocks whatever it is
         # a repeat in a later block, another one later still: the first row is named
-        ({(1 << 14) + 5: [7, 7, 1], 3 * (1 << 14): [2, 0, 2]}, (1 << 14) + 5, "repeats"),
+        ({B + 5: [7, 7, 1], 3 * B: [2, 0, 2]}, B + 5, "repeats"),
         # a repeat in an early block, out of range in a later one: range is checked first
-        ({3: [4, 4, 1], 2 * (1 << 14) + 1: [0, 1, 50]}, 2 * (1 << 14) + 1, "out of range"),
-        ({(1 << 14) - 1: [-3, 1, 2]}, (1 << 14) - 1, "out of range"),
-        ({3 * (1 << 14) + 9: [0, 1, 49]}, None, None),  # the largest index is in range
+        ({3: [4, 4, 1], 2 * B + 1: [0, 1, 50]}, 2 * B + 1, "out of range"),
+        ({B - 1: [-3, 1, 2]}, B - 1, "out of range"),
+        ({3 * B + 9: [0, 1, 49]}, None, None),  # the largest index is in range
     ],
 )
 def test_triplet_scan_over_blocks_agrees_with_whole_array_checks(
@@ -121,7 +126,7 @@ def test_triplet_scan_over_blocks_agrees_with_whole_array_checks(
     whole-array rules refuse, naming the same row."""
     rng = np.random.default_rng(0)
     T = np.stack([rng.permutation(np.arange(3)) + 3 * rng.integers(0, 16, 3) for _ in range(4)])
-    T = np.tile(T, ((3 * (1 << 14) + 20) // 4, 1))
+    T = np.tile(T, ((3 * B + 20) // 4, 1))
     for r, v in bad.items():
         T[r] = v
     n = 50
